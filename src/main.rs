@@ -1,0 +1,4 @@
+mod conn;
+mod error;
+
+fn main() {}

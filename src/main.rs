@@ -1,4 +1,44 @@
-mod conn;
-mod error;
+//! pg_basebackup: a physical base backup of a running PostgreSQL server over
+//! ordinary SQL connections, in parallel. See README.md.
 
-fn main() {}
+mod abort;
+mod backup;
+mod cli;
+mod conn;
+mod copy;
+mod dest;
+mod error;
+mod paths;
+mod plan;
+mod server;
+mod wal;
+
+use std::io::Write;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Args::parse();
+    init_logging(args.verbose, args.debug);
+    let result = args
+        .into_settings(|| std::io::stdin().lines().collect())
+        .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
+    if let Err(err) = result {
+        log::error!("{err:#}");
+        std::process::exit(error::exit_of(&err).code());
+    }
+}
+
+/// Warnings always; -v adds info, -d adds debug (our SQL included).
+fn init_logging(verbose: bool, debug: bool) {
+    let ours = match (debug, verbose) {
+        (true, _) => log::LevelFilter::Debug,
+        (false, true) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("pg_basebackup", ours)
+        .format(|buf, record| writeln!(buf, "pg_basebackup: {}: {}", record.level().as_str().to_lowercase(), record.args()))
+        .init();
+}

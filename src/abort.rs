@@ -1,0 +1,58 @@
+//! One flag that every thread checks between units of work: set by
+//! SIGINT/SIGTERM or by the first thread that fails, so the others stop
+//! soon and the backup can be ended cleanly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+
+#[derive(Clone)]
+pub struct Abort {
+    failed: Arc<AtomicBool>,
+    signalled: Arc<AtomicBool>,
+}
+
+impl Abort {
+    /// A flag that SIGINT and SIGTERM set.
+    pub fn with_signals() -> Result<Abort> {
+        let abort = Abort { failed: Arc::default(), signalled: Arc::default() };
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&abort.signalled))?;
+        }
+        Ok(abort)
+    }
+
+    /// Ask every thread to stop because something failed.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.failed.load(Ordering::SeqCst) || self.signalled()
+    }
+
+    pub fn signalled(&self) -> bool {
+        self.signalled.load(Ordering::SeqCst)
+    }
+
+    /// Sleep up to `d`, waking early when the flag is set. Returns whether it was.
+    pub fn sleep(&self, d: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            if self.is_set() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50).min(end - std::time::Instant::now()));
+        }
+        self.is_set()
+    }
+}
+
+impl Abort {
+    /// Ask for a normal stop, as a signal would (the WAL follower's
+    /// `terminate` on standard input).
+    pub fn terminate(&self) {
+        self.signalled.store(true, Ordering::SeqCst);
+    }
+}

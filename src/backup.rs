@@ -1,0 +1,446 @@
+//! One run of the tool, start to finish, and the clean abort.
+//!
+//! The order of the steps is what makes the copy correct; see the numbered
+//! rules in shared/design.md. In short: the control session only creates
+//! the slot and starts and stops the backup (an ERROR there would drop the
+//! slot); all reading happens on other sessions; backup_label and
+//! tablespace_map come from the stop call; global/pg_control is written
+//! last, so a copy that was cut short can never start.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use postgres::Client;
+
+use crate::abort::Abort;
+use crate::cli::{Mode, Settings};
+use crate::conn::ConnSpec;
+use crate::copy;
+use crate::dest::{self, Dest};
+use crate::error::{Exit, Failure};
+use crate::plan::{self, Plan};
+use crate::server::{self, Reader, ServerInfo, Tablespace};
+use crate::wal::WalFollower;
+use crate::{bail_with, wal};
+
+const APPLICATION_NAME: &str = "pg_basebackup";
+
+/// Run the mode the settings ask for.
+pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
+    let spec = ConnSpec::from_dsn(&settings.dsn)?;
+    match settings.mode {
+        Mode::Clean => clean(&spec),
+        Mode::Backup => backup(settings, &spec, abort),
+        Mode::AuxiliaryCopy => auxiliary_copy(settings, &spec, abort),
+        Mode::WalFollower => follow_wal(settings, &spec, abort),
+    }
+}
+
+/// A session with timeouts off, and what the server is.
+fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
+    info!("connecting to {}", spec.describe());
+    let mut client = spec.connect(APPLICATION_NAME)?;
+    let info = server::probe(&mut client)?;
+    server::disable_timeouts(&mut client)?;
+    info!(
+        "server version {}, WAL segment size {} MB{}",
+        info.version_num,
+        info.wal_segment_size >> 20,
+        if info.in_recovery { ", a standby" } else { "" }
+    );
+    Ok((client, info))
+}
+
+fn open_readers(spec: &ConnSpec, n: usize) -> Result<Vec<Reader>> {
+    (0..n).map(|_| Reader::new(spec.connect(APPLICATION_NAME)?)).collect()
+}
+
+fn clean(spec: &ConnSpec) -> Result<()> {
+    let (mut client, info) = open_control(spec)?;
+    if server::stop_leftover_exclusive_backup(&mut client, &info)? {
+        println!("pg_basebackup: stopped the exclusive backup that was left in progress");
+    } else if info.version_num >= 150000 {
+        println!(
+            "pg_basebackup: nothing to clean: PostgreSQL {} ends every backup with its session",
+            info.major()
+        );
+    } else {
+        println!("pg_basebackup: nothing to clean: no exclusive backup is in progress");
+    }
+    Ok(())
+}
+
+/// Where each linked tablespace goes in a plain copy: its -T mapping, else
+/// its own path (which must then be empty, so a copy on the server's host
+/// never writes into the live tablespace).
+fn tablespace_targets(tablespaces: &[Tablespace], mapping: &[(PathBuf, PathBuf)]) -> Result<Vec<(u32, PathBuf)>> {
+    for (old, _) in mapping {
+        if !tablespaces.iter().any(|t| Path::new(&t.location) == old) {
+            bail_with!(Exit::Usage, "-T {}: the server has no tablespace in that directory", old.display());
+        }
+    }
+    let mut targets = Vec::new();
+    for t in tablespaces.iter().filter(|t| t.location.starts_with('/')) {
+        let location = Path::new(&t.location);
+        let target = mapping.iter().find(|(old, _)| old == location).map(|(_, new)| new.clone());
+        let target = target.unwrap_or_else(|| location.to_path_buf());
+        dest::check(&target, false).map_err(|e| {
+            e.context(Failure::new(
+                Exit::Dest,
+                format!("tablespace \"{}\" cannot be written to {}; relocate it with -T {}=NEWDIR", t.name, target.display(), t.location),
+            ))
+        })?;
+        targets.push((t.oid, target));
+    }
+    Ok(targets)
+}
+
+/// tablespace_map with each linked tablespace pointing at its copy.
+fn mapped_tablespace_map(map: &str, targets: &[(u32, PathBuf)], major: u32) -> String {
+    let escape = |p: &str| {
+        let mut out = String::new();
+        for c in p.chars() {
+            match c {
+                '\n' | '\r' => out.push('\\'),
+                '\\' if major >= 14 => out.push('\\'),
+                _ => {}
+            }
+            out.push(c);
+        }
+        out
+    };
+    let mut out = String::new();
+    for line in map.lines() {
+        let oid = line.split(' ').next().unwrap_or("");
+        match targets.iter().find(|(o, _)| o.to_string() == oid) {
+            Some((_, target)) => out.push_str(&format!("{oid} {}\n", escape(&target.to_string_lossy()))),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Everything the steps after the copy need to know.
+struct Finished {
+    files: usize,
+    bytes: u64,
+    wal_bytes: u64,
+}
+
+fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+    let started = Instant::now();
+    dest::check(&settings.dest, settings.force)?;
+    let (mut control, info) = open_control(spec)?;
+    let mut readers = open_readers(spec, settings.jobs)?;
+    let wal_reader = if settings.fetch_wal { Some(Reader::new(spec.connect(APPLICATION_NAME)?)?) } else { None };
+
+    let aux = readers[0].client();
+    let tablespaces = server::tablespaces(aux)?;
+    let targets = tablespace_targets(&tablespaces, &settings.tablespace_mapping)?;
+    let slot_obstacle = server::slot_obstacle(aux)?;
+
+    let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
+    let result = backup_into(settings, &info, &mut control, readers, wal_reader, &tablespaces, &targets, slot_obstacle, &mut dest, abort);
+    // Closing the control session ends the backup on the server (if it is
+    // still running) and drops the temporary slot.
+    drop(control);
+    match result {
+        Ok(done) => {
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                "copied {} files, {} MB of data and {} MB of WAL in {:.1} s ({:.0} MB/s)",
+                done.files,
+                done.bytes >> 20,
+                done.wal_bytes >> 20,
+                secs,
+                (done.bytes + done.wal_bytes) as f64 / 1048576.0 / secs.max(0.001)
+            );
+            if !settings.fetch_wal {
+                warn!(
+                    "the copy holds no WAL (-x not given): it can start only with a restore_command \
+                     that fetches WAL from your archive"
+                );
+            }
+            println!("pg_basebackup: backup complete; start the copy with: pg_ctl -D {} start", shell_quote(dest.root()));
+            Ok(())
+        }
+        Err(e) => {
+            abort.fail();
+            let e = if abort.signalled() { e.context(Failure::new(Exit::Interrupted, "interrupted by a signal")) } else { e };
+            if settings.keep_partial {
+                warn!("the partial copy in {} was kept (-n); it is NOT restorable", dest.root().display());
+            } else if let Err(cleanup) = dest.discard() {
+                warn!("{cleanup:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backup_into(
+    settings: &Settings,
+    info: &ServerInfo,
+    control: &mut Client,
+    mut readers: Vec<Reader>,
+    wal_reader: Option<Reader>,
+    tablespaces: &[Tablespace],
+    targets: &[(u32, PathBuf)],
+    slot_obstacle: Option<String>,
+    dest: &mut Dest,
+    abort: &Abort,
+) -> Result<Finished> {
+    match slot_obstacle {
+        Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
+        None => {
+            let name = format!("pg_basebackup_{}", server::backend_pid(control)?);
+            match server::create_temporary_slot(control, &name) {
+                Ok(()) => info!("temporary replication slot {name} keeps the WAL this backup needs"),
+                Err(e) => warn!("could not create a temporary replication slot, going on without: {e:#}"),
+            }
+        }
+    }
+    let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
+    info!("backup started at {}", server::format_lsn(start_lsn));
+    let aux = readers[0].client();
+    let timeline = server::current_timeline(aux)?;
+    let listing = server::list_data_directory(aux, &plan::listing_skip_names(), &plan::listing_skip_paths())?;
+    let plan = plan::build(&listing, tablespaces, &info.tablespace_version_dir(), settings.only_paths.as_deref(), settings.chunk_size)
+        .map_err(|e| Failure::new(Exit::Backup, e))?;
+    info!("{} files, {} MB, in {} read requests", plan.files.len(), plan.total_bytes() >> 20, plan.tasks.len());
+    for s in &plan.skipped {
+        log::debug!("skipped {s}");
+    }
+    create_layout(dest, &plan, targets, info)?;
+
+    let wal_done = AtomicBool::new(false);
+    let mut follower = wal_reader.map(|r| WalFollower::new(r, info, timeline, start_lsn, settings.chunk_size));
+    let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        let wal_thread = follower.take().map(|mut f| {
+            let (dest, wal_done) = (&*dest, &wal_done);
+            std::thread::Builder::new()
+                .name("wal".into())
+                .spawn_scoped(s, move || -> Result<WalFollower> {
+                    let r = f.follow(dest, settings.wal_poll, abort, wal_done);
+                    if r.is_err() {
+                        abort.fail();
+                    }
+                    r.map(|()| f)
+                })
+                .expect("spawn the WAL thread")
+        });
+        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, abort);
+        wal_done.store(true, Ordering::SeqCst);
+        let follower = wal_thread.map(|t| t.join().expect("the WAL thread panicked")).transpose();
+        let (copied, readers_back) = copied?;
+        Ok((copied, readers_back, follower?))
+    })?;
+    readers = readers_back;
+
+    // global/pg_control: read after every other file, written after the label.
+    let pg_control = match plan.pg_control {
+        Some(i) => Some(read_whole(&mut readers[0], &plan.files[i].path, plan.files[i].size)?),
+        None => None,
+    };
+    let stop = server::stop_backup(control, info)?;
+    info!("backup stopped at {}", server::format_lsn(stop.lsn));
+    let mut wal_bytes = 0;
+    if let Some(mut f) = follower {
+        f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
+        wal_bytes = f.bytes_fetched;
+    }
+    for &i in &copied.vanished {
+        dest.remove_file(&plan.files[i].path)?;
+    }
+    if abort.is_set() {
+        anyhow::bail!("backup interrupted");
+    }
+    if settings.sync {
+        dest.sync()?;
+    }
+    if !stop.tablespace_map.is_empty() {
+        dest.write_file("tablespace_map", mapped_tablespace_map(&stop.tablespace_map, targets, info.major()).as_bytes())?;
+    }
+    dest.write_file("backup_label", stop.label_file.as_bytes())?;
+    if let Some(bytes) = pg_control {
+        dest.write_file(plan::PG_CONTROL, &bytes)?;
+    }
+    Ok(Finished { files: plan.files.len() - copied.vanished.len(), bytes: copied.bytes, wal_bytes })
+}
+
+/// Directories, tablespace links and the empty directories the server needs.
+fn create_layout(dest: &mut Dest, plan: &Plan, targets: &[(u32, PathBuf)], info: &ServerInfo) -> Result<()> {
+    dest.create_dirs(["global", "pg_tblspc"])?;
+    for (oid, target) in targets {
+        dest.link_tablespace(*oid, target)?;
+    }
+    dest.create_dirs(plan.dirs.iter().map(String::as_str))?;
+    dest.create_dirs(plan::required_empty_dirs(info.major()))
+}
+
+/// A whole small file into memory (pg_control: 8 kB).
+fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
+    let mut out = None;
+    reader.read(&[(path, 0, size)], |_, data| {
+        out = data.map(<[u8]>::to_vec);
+        Ok(())
+    })?;
+    let mut bytes = out.with_context(|| format!("{path} vanished during the backup"))?;
+    bytes.resize(size as usize, 0);
+    Ok(bytes)
+}
+
+fn shell_quote(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b)) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// -S --stdin: copy the given files into DEST, with no backup start or stop
+/// (another process runs the backup).
+fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+    let (_control, info) = open_control(spec)?;
+    let mut readers = open_readers(spec, settings.jobs)?;
+    let aux = readers[0].client();
+    let tablespaces = server::tablespaces(aux)?;
+    let listing = server::list_data_directory(aux, &plan::listing_skip_names(), &plan::listing_skip_paths())?;
+    let mut plan = plan::build(&listing, &tablespaces, &info.tablespace_version_dir(), settings.only_paths.as_deref(), settings.chunk_size)
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    // Here pg_control is an ordinary file: the caller decides the order.
+    plan.tasks = plan::chunk(&plan.files, None, settings.chunk_size);
+    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+    let parents: std::collections::BTreeSet<&str> = plan.files.iter().filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d)).collect();
+    for parent in parents {
+        let mut prefix = String::new();
+        for part in parent.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            dest.create_dirs([prefix.as_str()])?;
+        }
+    }
+    let (copied, _) = copy::copy_files(readers, &plan, &dest, abort)?;
+    for &i in &copied.vanished {
+        dest.remove_file(&plan.files[i].path)?;
+    }
+    if settings.sync {
+        dest.sync()?;
+    }
+    info!("copied {} files, {} MB", plan.files.len() - copied.vanished.len(), copied.bytes >> 20);
+    Ok(())
+}
+
+/// -S -x: keep DEST/pg_wal up to date until stdin says `terminate` or a
+/// signal arrives (the original's warm-standby feed).
+fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+    let (mut control, info) = open_control(spec)?;
+    let mut reader = Reader::new(spec.connect(APPLICATION_NAME)?)?;
+    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+    dest.create_dirs(plan::required_empty_dirs(info.major()))?;
+    let timeline = server::current_timeline(reader.client())?;
+    // Continue from the newest segment we already hold, else from the last
+    // checkpoint's redo point (what a backup taken now would need).
+    let newest_held = std::fs::read_dir(dest.path("pg_wal"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| wal::parse_segment_name(&n, info.wal_segment_size))
+        .filter(|(tli, _)| *tli == timeline)
+        .map(|(_, segno)| segno)
+        .max();
+    let start_lsn = match newest_held {
+        Some(segno) => segno * info.wal_segment_size,
+        None => server::last_redo_lsn(reader.client())?,
+    };
+    // A slot keeps the server from recycling WAL we have not copied yet; we
+    // move it forward as segments complete (pg_replication_slot_advance, 11+).
+    let slot = match (server::slot_obstacle(reader.client())?, info.version_num >= 110000) {
+        (None, true) => {
+            let name = format!("pg_basebackup_{}", server::backend_pid(&mut control)?);
+            match server::create_temporary_slot(&mut control, &name) {
+                Ok(()) => Some(name),
+                Err(e) => {
+                    warn!("could not create a temporary replication slot: {e:#}");
+                    None
+                }
+            }
+        }
+        (Some(why), _) => {
+            warn!("no replication slot ({why}): WAL may be recycled before it is copied");
+            None
+        }
+        (None, false) => {
+            warn!("no replication slot on PostgreSQL 10 (it cannot advance one): set wal_keep_segments");
+            None
+        }
+    };
+    let stdin_abort = abort.clone();
+    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        for line in std::io::stdin().lines() {
+            match line {
+                Ok(l) if l.trim() == "terminate" => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        stdin_abort.terminate();
+    })?;
+    let mut follower = WalFollower::new(reader, &info, timeline, start_lsn, settings.chunk_size);
+    println!("pg_basebackup: following WAL from {} into {}", follower.start_segment(), dest.path("pg_wal").display());
+    let mut slot_at = start_lsn;
+    loop {
+        follower.poll(&dest)?;
+        if let Some(name) = &slot {
+            // Everything before the first segment we do not hold in full can go.
+            let mut next = start_lsn / info.wal_segment_size;
+            for segno in follower.complete_segments() {
+                if segno == next {
+                    next += 1;
+                }
+            }
+            let lsn = next * info.wal_segment_size;
+            if lsn > slot_at {
+                server::advance_slot(&mut control, name, lsn)?;
+                slot_at = lsn;
+            }
+        }
+        if abort.sleep(settings.wal_poll) {
+            break;
+        }
+    }
+    if settings.sync {
+        dest.sync()?;
+    }
+    println!("pg_basebackup: WAL follower stopped ({} bytes of WAL copied)", follower.bytes_fetched);
+    Ok(())
+}
+
+/// Used by tests of the tablespace map rewrite.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_map_points_at_the_copies() {
+        let map = "16400 /srv/ts1\n16401 /srv/ts\\\\2\n";
+        let targets = vec![(16400, PathBuf::from("/copy/ts1"))];
+        assert_eq!(mapped_tablespace_map(map, &targets, 15), "16400 /copy/ts1\n16401 /srv/ts\\\\2\n");
+        let targets = vec![(16401, PathBuf::from("/c/a\\b"))];
+        assert_eq!(mapped_tablespace_map(map, &targets, 15), "16400 /srv/ts1\n16401 /c/a\\\\b\n");
+        assert_eq!(mapped_tablespace_map(map, &targets, 13), "16400 /srv/ts1\n16401 /c/a\\b\n");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote(Path::new("/srv/pg/copy")), "/srv/pg/copy");
+        assert_eq!(shell_quote(Path::new("/srv/my copy")), "'/srv/my copy'");
+    }
+}

@@ -1,0 +1,311 @@
+//! The command line, in two layers as ripgrep does: [`Args`] is what clap
+//! parses, [`Settings`] is what the rest of the program uses. Only
+//! [`Args::into_settings`] looks at raw flags, so every rule about which
+//! flags go together lives here and nowhere else.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::bail_with;
+use crate::error::Exit;
+
+/// Default size of one read request, as in the original script.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Take a physical base backup of a running PostgreSQL server over ordinary
+/// SQL connections, in parallel.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pg_basebackup",
+    version,
+    about,
+    after_help = "DSN is a libpq connection string (\"host=db1 user=postgres\") or URI \
+                  (postgresql://user@db1/postgres); PG* environment variables and ~/.pgpass \
+                  apply as in libpq.\n\nExample: pg_basebackup -j 4 -x \"host=db1 user=postgres\" /srv/pg/copy"
+)]
+pub struct Args {
+    /// Connection string or URI of the server to back up.
+    #[arg(value_name = "DSN")]
+    pub dsn: String,
+
+    /// Directory to write the copy to; must not exist or be empty (see -f).
+    /// Not needed with --clean.
+    #[arg(value_name = "DEST", required_unless_present = "clean")]
+    pub dest: Option<PathBuf>,
+
+    /// Fetch the WAL written during the backup, so the copy starts on its own.
+    #[arg(short = 'x', long = "pg_xlog", visible_alias = "wal")]
+    pub wal: bool,
+
+    /// Report progress and each step (log level info).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Debug output, including every SQL statement (passwords redacted).
+    #[arg(short, long)]
+    pub debug: bool,
+
+    /// Remove DEST first if it exists and is not empty.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Number of parallel worker connections.
+    #[arg(short, long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
+    pub jobs: i64,
+
+    /// Seconds between two polls of the WAL directory (with -x).
+    #[arg(short = 'D', long, value_name = "SECONDS", default_value_t = 2.0, allow_negative_numbers = true)]
+    pub delay: f64,
+
+    /// Auxiliary mode: do not start or stop a backup on the server (use with
+    /// --stdin to copy files, or with -x to follow WAL until stdin says
+    /// "terminate" or SIGINT/SIGTERM arrives).
+    #[arg(short = 'S', long = "slave")]
+    pub auxiliary: bool,
+
+    /// Copy only the data-directory relative paths read from standard input,
+    /// one per line.
+    #[arg(long)]
+    pub stdin: bool,
+
+    /// End a backup that an earlier run left in progress (exclusive backups,
+    /// servers 10 to 14), then exit.
+    #[arg(long)]
+    pub clean: bool,
+
+    /// Size of one read request, in bytes (k and M suffixes allowed).
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    pub chunk_size: u64,
+
+    /// Keep a partial DEST when the backup fails (for inspection).
+    #[arg(short = 'n', long = "no-clean")]
+    pub no_clean: bool,
+
+    /// Do not fsync the copy at the end (faster, not crash-safe).
+    #[arg(short = 'N', long = "no-sync")]
+    pub no_sync: bool,
+
+    /// Checkpoint mode at backup start: spread (gentle on the server) or
+    /// fast (start copying at once).
+    #[arg(short = 'c', long, value_name = "fast|spread", default_value = "spread", value_parser = ["fast", "spread"])]
+    pub checkpoint: String,
+
+    /// Backup label, written into backup_label.
+    #[arg(short = 'l', long, value_name = "LABEL", default_value = "pg_basebackup base backup")]
+    pub label: String,
+
+    /// Write the tablespace in OLDDIR to NEWDIR instead (both absolute).
+    #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
+    pub tablespace_mapping: Vec<String>,
+}
+
+/// What the program does, once the flags have been checked.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A full backup (possibly restricted to --stdin paths).
+    Backup,
+    /// -S --stdin: copy the given paths, no backup start/stop.
+    AuxiliaryCopy,
+    /// -S -x: follow WAL into DEST/pg_wal until told to stop.
+    WalFollower,
+    /// --clean: end a left-over exclusive backup.
+    Clean,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub dsn: String,
+    pub dest: PathBuf,
+    pub fetch_wal: bool,
+    pub force: bool,
+    pub jobs: usize,
+    pub wal_poll: std::time::Duration,
+    /// Paths read from stdin (with --stdin), validated as relative.
+    pub only_paths: Option<Vec<String>>,
+    pub chunk_size: u64,
+    pub keep_partial: bool,
+    pub sync: bool,
+    pub fast_checkpoint: bool,
+    pub label: String,
+    /// (server path, copy path) pairs from -T.
+    pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Parse `OLDDIR=NEWDIR` as pg_basebackup does: `\=` is a literal `=`.
+fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    let mut old = String::new();
+    let mut new = None::<String>;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' if chars.peek() == Some(&'=') => chars.next().unwrap_or('='),
+            '=' if new.is_none() => {
+                new = Some(String::new());
+                continue;
+            }
+            '=' => return Err(format!("invalid tablespace mapping \"{s}\": multiple \"=\" signs")),
+            c => c,
+        };
+        new.as_mut().unwrap_or(&mut old).push(c);
+    }
+    let new = new.ok_or_else(|| format!("invalid tablespace mapping \"{s}\": use OLDDIR=NEWDIR"))?;
+    if !old.starts_with('/') || !new.starts_with('/') {
+        return Err(format!("invalid tablespace mapping \"{s}\": both directories must be absolute paths"));
+    }
+    Ok((PathBuf::from(old.trim_end_matches('/')), PathBuf::from(new.trim_end_matches('/'))))
+}
+
+/// Parse a size such as `8388608`, `512k` or `8M` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1024),
+        Some((i, 'm' | 'M')) => (&s[..i], 1024 * 1024),
+        Some((i, 'g' | 'G')) => (&s[..i], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size \"{s}\": use a number with an optional k, M or G suffix"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size \"{s}\" is too large"))
+}
+
+impl Args {
+    /// Check flag combinations and turn them into [`Settings`]. `stdin_lines`
+    /// is called only with --stdin, so tests can feed it.
+    pub fn into_settings(self, stdin_lines: impl FnOnce() -> std::io::Result<Vec<String>>) -> Result<Settings> {
+        if self.jobs < 1 {
+            bail_with!(Exit::Usage, "-j/--jobs must be at least 1 (got {})", self.jobs);
+        }
+        if self.jobs > 512 {
+            bail_with!(Exit::Usage, "-j/--jobs {} is more than the 512 connections this tool will open", self.jobs);
+        }
+        if !(self.delay.is_finite() && self.delay > 0.0) {
+            bail_with!(Exit::Usage, "-D/--delay must be a positive number of seconds (got {})", self.delay);
+        }
+        const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - 5; // pg_read_binary_file's limit
+        if self.chunk_size < 8192 || self.chunk_size > MAX_CHUNK {
+            bail_with!(Exit::Usage, "--chunk-size must be between 8k and 1G-5 bytes (got {})", self.chunk_size);
+        }
+        let mode = match (self.clean, self.auxiliary, self.stdin, self.wal) {
+            (true, false, false, false) => Mode::Clean,
+            (true, ..) => bail_with!(Exit::Usage, "--clean cannot be combined with -S, --stdin or -x"),
+            (false, true, true, false) => Mode::AuxiliaryCopy,
+            (false, true, false, true) => Mode::WalFollower,
+            (false, true, ..) => {
+                bail_with!(Exit::Usage, "-S needs exactly one of --stdin (copy files) or -x (follow WAL)")
+            }
+            (false, false, ..) => Mode::Backup,
+        };
+        let only_paths = if self.stdin {
+            let lines = stdin_lines().map_err(|e| {
+                anyhow::Error::new(crate::error::Failure::new(Exit::Usage, format!("could not read paths from standard input: {e}")))
+            })?;
+            let mut paths = Vec::new();
+            for line in lines {
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    continue;
+                }
+                let path = crate::paths::normalize_relative(line)
+                    .map_err(|e| anyhow::Error::new(crate::error::Failure::new(Exit::Usage, format!("--stdin: {e}"))))?;
+                paths.push(path);
+            }
+            Some(paths)
+        } else {
+            None
+        };
+        if self.label.len() > 1024 {
+            bail_with!(Exit::Usage, "-l/--label is longer than 1024 bytes");
+        }
+        let tablespace_mapping = self
+            .tablespace_mapping
+            .iter()
+            .map(|m| parse_mapping(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::Error::new(crate::error::Failure::new(Exit::Usage, e)))?;
+        Ok(Settings {
+            mode,
+            dsn: self.dsn,
+            dest: self.dest.unwrap_or_default(),
+            fetch_wal: self.wal,
+            force: self.force,
+            jobs: self.jobs as usize,
+            wal_poll: std::time::Duration::from_secs_f64(self.delay),
+            only_paths,
+            chunk_size: self.chunk_size,
+            keep_partial: self.no_clean,
+            sync: !self.no_sync,
+            fast_checkpoint: self.checkpoint == "fast",
+            label: self.label,
+            tablespace_mapping,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings> {
+        let mut argv = vec!["pg_basebackup"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv)?.into_settings(|| Ok(vec!["base/1/1259".into(), "".into(), "./global/pg_control".into()]))
+    }
+
+    #[test]
+    fn defaults_match_the_original_script() {
+        let s = settings(&["host=x", "/tmp/d"]).unwrap();
+        assert_eq!(s.jobs, 1);
+        assert_eq!(s.wal_poll, std::time::Duration::from_secs(2));
+        assert_eq!(s.chunk_size, DEFAULT_CHUNK_SIZE);
+        assert!(!s.fetch_wal && !s.fast_checkpoint && s.sync);
+        assert!(matches!(s.mode, Mode::Backup));
+    }
+
+    #[test]
+    fn flags_and_modes() {
+        let s = settings(&["-j", "4", "-x", "-D", "0.5", "-c", "fast", "dsn", "d"]).unwrap();
+        assert_eq!((s.jobs, s.fetch_wal, s.fast_checkpoint), (4, true, true));
+        assert!(settings(&["--wal", "dsn", "d"]).unwrap().fetch_wal);
+        assert!(settings(&["--pg_xlog", "dsn", "d"]).unwrap().fetch_wal);
+        assert!(matches!(settings(&["-S", "-x", "dsn", "d"]).unwrap().mode, Mode::WalFollower));
+        let s = settings(&["-S", "--stdin", "dsn", "d"]).unwrap();
+        assert!(matches!(s.mode, Mode::AuxiliaryCopy));
+        assert_eq!(s.only_paths.unwrap(), ["base/1/1259", "global/pg_control"]);
+        assert!(matches!(settings(&["--clean", "dsn"]).unwrap().mode, Mode::Clean));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["-j", "0", "dsn", "d"][..],
+            &["-j", "-3", "dsn", "d"],
+            &["-D", "0", "dsn", "d"],
+            &["-D", "-1", "dsn", "d"],
+            &["-S", "dsn", "d"],
+            &["--clean", "-x", "dsn"],
+            &["--chunk-size", "10", "dsn", "d"],
+            &["-T", "relative=/x", "dsn", "d"],
+        ] {
+            let err = settings(args).unwrap_err();
+            assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");
+        }
+        assert!(settings(&["dsn"]).is_err(), "DEST is required without --clean");
+    }
+
+    #[test]
+    fn sizes_and_mappings() {
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("8192").unwrap(), 8192);
+        assert!(parse_size("8X").is_err());
+        assert_eq!(parse_mapping("/a/b=/c/").unwrap(), (PathBuf::from("/a/b"), PathBuf::from("/c")));
+        assert_eq!(parse_mapping("/a\\=b=/c").unwrap(), (PathBuf::from("/a=b"), PathBuf::from("/c")));
+        assert!(parse_mapping("/a=/b=/c").is_err());
+        assert!(parse_mapping("/a").is_err());
+    }
+}

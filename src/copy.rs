@@ -1,0 +1,111 @@
+//! The worker pool: N sessions pull read requests from one queue and write
+//! each range straight to its place in DEST.
+//!
+//! The queue is the plan's task list and an atomic cursor: no locks on the
+//! hot path, and tasks are taken in plan order (biggest files first), so the
+//! chunks of a file are handed out in file order. Each worker owns one
+//! session with a prepared read statement; bytes go from the protocol buffer
+//! to `pwrite` without another copy.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::Result;
+use log::debug;
+
+use crate::abort::Abort;
+use crate::dest::Dest;
+use crate::plan::{Plan, Task};
+use crate::server::Reader;
+
+/// What the copy did, for the summary and for the steps after it.
+#[derive(Debug, Default)]
+pub struct CopyOutcome {
+    pub bytes: u64,
+    /// Files that vanished on the server while we copied them (dropped
+    /// tables): removed from DEST, WAL replay agrees they are gone.
+    pub vanished: BTreeSet<usize>,
+}
+
+struct Shared<'a> {
+    plan: &'a Plan,
+    dest: &'a Dest,
+    next: AtomicUsize,
+    bytes: AtomicU64,
+    vanished: Mutex<BTreeSet<usize>>,
+    first_error: Mutex<Option<anyhow::Error>>,
+    abort: &'a Abort,
+}
+
+/// Copy every task of the plan with one thread per reader; returns the
+/// readers for reuse. On failure the first error is returned and the abort
+/// flag is set so the other threads stop after their current request.
+pub fn copy_files(readers: Vec<Reader>, plan: &Plan, dest: &Dest, abort: &Abort) -> Result<(CopyOutcome, Vec<Reader>)> {
+    let shared = Shared {
+        plan,
+        dest,
+        next: AtomicUsize::new(0),
+        bytes: AtomicU64::new(0),
+        vanished: Mutex::default(),
+        first_error: Mutex::default(),
+        abort,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(readers.len())
+        .thread_name(|i| format!("worker-{}", i + 1))
+        .build()?;
+    let returned = Mutex::new(Vec::new());
+    pool.scope(|s| {
+        for mut reader in readers {
+            let (shared, returned) = (&shared, &returned);
+            s.spawn(move |_| {
+                if let Err(e) = worker(&mut reader, shared) {
+                    shared.abort.fail();
+                    shared.first_error.lock().unwrap().get_or_insert(e);
+                }
+                returned.lock().unwrap().push(reader);
+            });
+        }
+    });
+    if let Some(e) = shared.first_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    if abort.is_set() {
+        anyhow::bail!("copy interrupted");
+    }
+    let outcome = CopyOutcome { bytes: shared.bytes.into_inner(), vanished: shared.vanished.into_inner().unwrap() };
+    Ok((outcome, returned.into_inner().unwrap()))
+}
+
+fn worker(reader: &mut Reader, shared: &Shared) -> Result<()> {
+    loop {
+        if shared.abort.is_set() {
+            return Ok(());
+        }
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(task) = shared.plan.tasks.get(i) else { return Ok(()) };
+        copy_task(reader, shared, task)?;
+    }
+}
+
+fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
+    let files = &shared.plan.files;
+    let ranges: Vec<_> = task.pieces.iter().map(|p| (files[p.file].path.as_str(), p.offset, p.len)).collect();
+    reader.read(&ranges, |i, data| {
+        let piece = task.pieces[i];
+        let file = &files[piece.file];
+        match data {
+            None => {
+                debug!("{} vanished during the backup", file.path);
+                shared.vanished.lock().unwrap().insert(piece.file);
+            }
+            Some(bytes) => {
+                let is_last = piece.offset + piece.len == file.size;
+                shared.dest.write_at(&file.path, piece.offset, bytes, is_last.then_some(file.size))?;
+                shared.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    })
+}

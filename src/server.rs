@@ -1,0 +1,376 @@
+//! Every SQL statement the tool sends, chosen by server version.
+//!
+//! The backup API was renamed in PostgreSQL 15 (`pg_start_backup` became
+//! `pg_backup_start`, exclusive mode went away); everything else we use has
+//! been stable since 10. Keeping all SQL here means a new server version is a
+//! change to this file only. Statements are logged at debug level (`-d`);
+//! none of them carries a password.
+
+use anyhow::{Context, Result};
+use log::debug;
+use postgres::types::{FromSql, Type};
+use postgres::{Client, Statement};
+
+use crate::bail_with;
+use crate::error::{Exit, ExitContext};
+
+/// The oldest server this tool supports: the first with non-exclusive backups
+/// that can be stopped with `wait_for_archive => false` and temporary slots.
+pub const MIN_SERVER_VERSION: u32 = 100000;
+
+/// A WAL location (`pg_lsn`), as a byte position.
+pub type Lsn = u64;
+
+/// Parse `X/Y` as PostgreSQL prints a pg_lsn.
+pub fn parse_lsn(s: &str) -> Result<Lsn> {
+    let (hi, lo) = s.split_once('/').with_context(|| format!("invalid LSN {s:?}"))?;
+    let hi = u32::from_str_radix(hi.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
+    let lo = u32::from_str_radix(lo.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
+    Ok((u64::from(hi) << 32) | u64::from(lo))
+}
+
+pub fn format_lsn(lsn: Lsn) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Run and log one statement that returns nothing we need.
+fn execute(client: &mut Client, sql: &str) -> Result<()> {
+    debug!("SQL: {sql}");
+    client.batch_execute(sql).with_context(|| format!("query failed: {sql}"))
+}
+
+fn query_one(client: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<postgres::Row> {
+    debug!("SQL: {sql}");
+    client.query_one(sql, params).with_context(|| format!("query failed: {sql}"))
+}
+
+/// What we learn about the server once, on the first connection.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: u32,
+    pub in_recovery: bool,
+    /// WAL segment size in bytes (16 MB unless initdb --wal-segsize).
+    pub wal_segment_size: u64,
+    /// `catalog_version_no`, which names tablespace subdirectories.
+    pub catalog_version: u32,
+    pub system_identifier: u64,
+    /// 0700 or 0750 (group access), the mode the copy's directories get.
+    pub data_directory_mode: u32,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+
+    /// `PG_15_202209061`: the directory a tablespace holds for this version.
+    pub fn tablespace_version_dir(&self) -> String {
+        format!("PG_{}_{}", self.major(), self.catalog_version)
+    }
+}
+
+/// Learn the server's version and layout; refuse servers older than 10.
+pub fn probe(client: &mut Client) -> Result<ServerInfo> {
+    let sql = "SELECT current_setting('server_version_num')::int4";
+    let version_num = query_one(client, sql, &[])?.get::<_, i32>(0) as u32;
+    if version_num < MIN_SERVER_VERSION {
+        bail_with!(
+            Exit::Server,
+            "server version {}.{} is not supported: this tool needs PostgreSQL 10 or newer",
+            version_num / 10000,
+            version_num / 100 % 100
+        );
+    }
+    // data_directory_mode appeared in 11; 10 always uses 0700.
+    let mode_sql = if version_num >= 110000 { "current_setting('data_directory_mode')" } else { "'0700'" };
+    let sql = format!(
+        "SELECT pg_is_in_recovery(), i.bytes_per_wal_segment::int8, s.catalog_version_no::int8, \
+                s.system_identifier::text, {mode_sql} \
+           FROM pg_control_init() i, pg_control_system() s"
+    );
+    let row = query_one(client, &sql, &[])?;
+    let mode_text: String = row.get(4);
+    let data_directory_mode = u32::from_str_radix(mode_text.trim_start_matches('0'), 8).unwrap_or(0o700);
+    Ok(ServerInfo {
+        version_num,
+        in_recovery: row.get(0),
+        wal_segment_size: row.get::<_, i64>(1) as u64,
+        catalog_version: row.get::<_, i64>(2) as u32,
+        system_identifier: row.get::<_, String>(3).parse().context("invalid system identifier")?,
+        data_directory_mode: if data_directory_mode == 0o750 { 0o750 } else { 0o700 },
+    })
+}
+
+/// Turn off every timeout that could end a long, mostly idle session.
+/// `idle_session_timeout` exists only on 14+, so pick the names from
+/// pg_settings instead of SETting them blindly (an unknown name is an ERROR).
+pub fn disable_timeouts(client: &mut Client) -> Result<()> {
+    execute(
+        client,
+        "SELECT set_config(name, '0', false) FROM pg_settings \
+          WHERE name IN ('statement_timeout', 'lock_timeout', \
+                         'idle_in_transaction_session_timeout', 'idle_session_timeout')",
+    )
+}
+
+/// Whether the current role may create a temporary physical slot, and why
+/// not. Asked before creating one, because an ERROR in the control session
+/// is exactly what we must avoid.
+pub fn slot_obstacle(client: &mut Client) -> Result<Option<String>> {
+    let sql = "SELECT (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), \
+                      current_setting('wal_level'), \
+                      current_setting('max_replication_slots')::int4, \
+                      (SELECT count(*) FROM pg_replication_slots)::int4";
+    let row = query_one(client, sql, &[])?;
+    let may: Option<bool> = row.get(0);
+    let wal_level: String = row.get(1);
+    let max_slots: i32 = row.get(2);
+    let used: i32 = row.get(3);
+    Ok(if may != Some(true) {
+        Some("the role has neither REPLICATION nor SUPERUSER".into())
+    } else if wal_level == "minimal" {
+        Some("wal_level is minimal".into())
+    } else if used >= max_slots {
+        Some(format!("all {max_slots} replication slots are in use (max_replication_slots)"))
+    } else {
+        None
+    })
+}
+
+/// Create a temporary slot that keeps WAL from the last redo point on. It
+/// lives as long as the session that created it.
+pub fn create_temporary_slot(client: &mut Client, name: &str) -> Result<()> {
+    let sql = "SELECT 1 FROM pg_create_physical_replication_slot($1, true, true)";
+    query_one(client, sql, &[&name])?;
+    Ok(())
+}
+
+/// Move a slot forward so the server may recycle WAL we already have (11+).
+pub fn advance_slot(client: &mut Client, name: &str, lsn: Lsn) -> Result<()> {
+    let sql = "SELECT 1 FROM pg_replication_slot_advance($1, $2::text::pg_lsn)";
+    query_one(client, sql, &[&name, &format_lsn(lsn)])?;
+    Ok(())
+}
+
+/// The backend PID of a session, used to name its slot.
+pub fn backend_pid(client: &mut Client) -> Result<i32> {
+    Ok(query_one(client, "SELECT pg_backend_pid()", &[])?.get(0))
+}
+
+/// Start a non-exclusive backup in this session; returns the start LSN.
+pub fn start_backup(client: &mut Client, info: &ServerInfo, label: &str, fast: bool) -> Result<Lsn> {
+    let sql = if info.version_num >= 150000 {
+        "SELECT pg_backup_start($1, $2)::text"
+    } else {
+        "SELECT pg_start_backup($1, $2, false)::text"
+    };
+    let lsn: String = query_one(client, sql, &[&label, &fast])
+        .exit_with(Exit::Backup, || "could not start the backup".into())?
+        .get(0);
+    parse_lsn(&lsn)
+}
+
+/// What the server hands back when a backup ends.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    pub lsn: Lsn,
+    /// Contents of backup_label, byte for byte.
+    pub label_file: String,
+    /// Contents of tablespace_map (empty when there are no tablespaces).
+    pub tablespace_map: String,
+}
+
+/// Stop the backup started in this session. We fetch WAL ourselves, so never
+/// wait for the archiver.
+pub fn stop_backup(client: &mut Client, info: &ServerInfo) -> Result<BackupStop> {
+    let sql = if info.version_num >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let row = query_one(client, sql, &[]).exit_with(Exit::Backup, || "could not stop the backup".into())?;
+    Ok(BackupStop {
+        lsn: parse_lsn(&row.get::<_, String>(0))?,
+        label_file: row.get(1),
+        tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
+    })
+}
+
+/// `--clean`: end an exclusive backup left by an earlier tool (10-14 only;
+/// non-exclusive backups end with their session and 15+ has no other kind).
+/// Returns whether there was one.
+pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) -> Result<bool> {
+    if info.version_num >= 150000 {
+        return Ok(false);
+    }
+    let in_backup: bool = query_one(client, "SELECT pg_is_in_backup()", &[])?.get(0);
+    if in_backup {
+        query_one(client, "SELECT pg_stop_backup()::text", &[])
+            .exit_with(Exit::Server, || "could not stop the left-over exclusive backup".into())?;
+    }
+    Ok(in_backup)
+}
+
+/// The timeline the server writes WAL on now (on a standby: replays).
+pub fn current_timeline(client: &mut Client) -> Result<u32> {
+    let sql = "SELECT timeline_id::int8 FROM pg_control_checkpoint()";
+    Ok(query_one(client, sql, &[])?.get::<_, i64>(0) as u32)
+}
+
+/// The REDO location of the latest checkpoint: where a WAL follower that has
+/// nothing yet must start.
+pub fn last_redo_lsn(client: &mut Client) -> Result<Lsn> {
+    let sql = "SELECT redo_lsn::text FROM pg_control_checkpoint()";
+    parse_lsn(&query_one(client, sql, &[])?.get::<_, String>(0))
+}
+
+/// How far WAL is safely on the server's disk: bytes before this position
+/// never change again, so they can be copied once.
+pub fn wal_flush_lsn(client: &mut Client, info: &ServerInfo) -> Result<Lsn> {
+    let sql = if info.in_recovery {
+        "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
+    } else {
+        "SELECT pg_current_wal_flush_lsn()::text"
+    };
+    let lsn: Option<String> = query_one(client, sql, &[])?.get(0);
+    parse_lsn(&lsn.context("the server reports no WAL position")?)
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct ListedEntry {
+    /// Path relative to the data directory, as the server spelled it.
+    pub path: Vec<u8>,
+    pub is_dir: bool,
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Status change time (ctime), seconds since the epoch.
+    pub ctime: i64,
+}
+
+/// A text column taken as raw bytes: file names need not be valid UTF-8.
+struct RawText(Vec<u8>);
+
+impl<'a> FromSql<'a> for RawText {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawText(raw.to_vec()))
+    }
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT | Type::VARCHAR | Type::NAME)
+    }
+}
+
+fn listed_entry(row: &postgres::Row) -> ListedEntry {
+    ListedEntry {
+        path: row.get::<_, RawText>(0).0,
+        is_dir: row.get(1),
+        size: row.get::<_, i64>(2) as u64,
+        mtime: row.get(3),
+        ctime: row.get(4),
+    }
+}
+
+/// List the data directory recursively in one statement. Directories named
+/// in `skip_names` (at any depth) and `skip_paths` (exact relative paths) are
+/// listed but not entered. Entries that vanish during the walk are left out.
+pub fn list_data_directory(client: &mut Client, skip_names: &[&str], skip_paths: &[&str]) -> Result<Vec<ListedEntry>> {
+    let sql = "WITH RECURSIVE tree(path, name, isdir, size, mtime, ctime) AS ( \
+                 SELECT e.name, e.name, s.isdir, s.size, s.modification, s.change \
+                   FROM pg_ls_dir('.', true, false) AS e(name), pg_stat_file(e.name, true) AS s \
+               UNION ALL \
+                 SELECT t.path || '/' || e.name, e.name, s.isdir, s.size, s.modification, s.change \
+                   FROM tree t, pg_ls_dir(t.path, true, false) AS e(name), \
+                        pg_stat_file(t.path || '/' || e.name, true) AS s \
+                  WHERE t.isdir AND NOT t.name = ANY($1) AND NOT t.path = ANY($2) \
+               ) \
+               SELECT path, isdir, size, extract(epoch FROM mtime)::int8, extract(epoch FROM ctime)::int8 \
+                 FROM tree WHERE isdir IS NOT NULL";
+    debug!("SQL: {sql}");
+    let rows = client
+        .query(sql, &[&skip_names, &skip_paths])
+        .exit_with(Exit::Backup, || "could not list the data directory".into())?;
+    Ok(rows.iter().map(listed_entry).collect())
+}
+
+/// List one directory (not recursive), e.g. pg_wal.
+pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>> {
+    let sql = "SELECT $1 || '/' || e.name, s.isdir, s.size, \
+                      extract(epoch FROM s.modification)::int8, extract(epoch FROM s.change)::int8 \
+                 FROM pg_ls_dir($1, true, false) AS e(name), pg_stat_file($1 || '/' || e.name, true) AS s \
+                WHERE s.isdir IS NOT NULL";
+    debug!("SQL: {sql} [{dir}]");
+    let rows = client.query(sql, &[&dir]).with_context(|| format!("could not list {dir}"))?;
+    Ok(rows.iter().map(listed_entry).collect())
+}
+
+/// A user tablespace: `pg_tblspc/<oid>` and where it lives on the server.
+#[derive(Debug, Clone)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub name: String,
+    /// Absolute path of the link target; empty or relative for in-place ones.
+    pub location: String,
+}
+
+pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
+    let sql = "SELECT oid::int8, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+                WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid";
+    let rows = {
+        debug!("SQL: {sql}");
+        client.query(sql, &[]).context("could not list tablespaces")?
+    };
+    Ok(rows
+        .iter()
+        .map(|r| Tablespace { oid: r.get::<_, i64>(0) as u32, name: r.get(1), location: r.get(2) })
+        .collect())
+}
+
+/// A session that reads byte ranges of server files with
+/// `pg_read_binary_file`, several ranges per round trip, results in binary.
+pub struct Reader {
+    client: Client,
+    statement: Statement,
+}
+
+/// One byte range to read: (path relative to the data directory, offset, length).
+pub type Range<'a> = (&'a str, u64, u64);
+
+impl Reader {
+    pub fn new(mut client: Client) -> Result<Reader> {
+        disable_timeouts(&mut client)?;
+        let sql = "SELECT t.n, pg_read_binary_file(t.p, t.o, t.l, true) \
+                     FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n)";
+        debug!("SQL: PREPARE {sql}");
+        let statement = client.prepare(sql).context("could not prepare the read statement")?;
+        Ok(Reader { client, statement })
+    }
+
+    /// Read `ranges`; `sink(i, bytes)` is called once per range with its
+    /// index and the bytes (fewer than asked if the file shrank, `None` if it
+    /// vanished). The bytes borrow the protocol buffer: no extra copy.
+    pub fn read(&mut self, ranges: &[Range<'_>], mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>) -> Result<()> {
+        let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
+        let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
+        let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
+        debug!("read {} range(s), first {}@{}+{}", ranges.len(), paths[0], offsets[0], lens[0]);
+        let rows = self
+            .client
+            .query(&self.statement, &[&paths, &offsets, &lens])
+            .with_context(|| format!("could not read {} from the server", paths[0]))?;
+        if rows.len() != ranges.len() {
+            anyhow::bail!("asked for {} ranges, the server returned {}", ranges.len(), rows.len());
+        }
+        for row in &rows {
+            let n: i64 = row.get(0);
+            let index = usize::try_from(n - 1).ok().filter(|&i| i < ranges.len()).context("bad range number")?;
+            sink(index, row.get::<_, Option<&[u8]>>(1))?;
+        }
+        Ok(())
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}

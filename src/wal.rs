@@ -1,0 +1,223 @@
+//! The WAL follower: copies the WAL a backup needs into DEST/pg_wal while
+//! the data files are being copied, and the final sweep that makes sure
+//! every segment through the backup's stop LSN is there.
+//!
+//! The original script re-fetched a whole segment whenever its ctime
+//! changed. That reads each 16 MB segment dozens of times, and ctime has a
+//! one-second resolution, so a write made in the same second as our read can
+//! go unnoticed. Instead we ask the server how far WAL is flushed: bytes
+//! below that position never change again, so each poll reads only the bytes
+//! of each segment between what we already have and the flush position, and
+//! segments beyond it (recycled files with old contents) are never read.
+//! The directory listing still tells us which segments exist.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use log::{debug, info};
+
+use crate::abort::Abort;
+use crate::bail_with;
+use crate::dest::Dest;
+use crate::error::Exit;
+use crate::server::{self, Lsn, Reader, ServerInfo};
+
+/// A segment file name: timeline, then the segment number split in two.
+pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
+    let per_id = 0x1_0000_0000 / segment_size;
+    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+}
+
+/// (timeline, segment number) of a segment file name, None for other files.
+pub fn parse_segment_name(name: &str, segment_size: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some((tli, log * (0x1_0000_0000 / segment_size) + seg))
+}
+
+fn is_history_file(name: &str) -> bool {
+    name.len() == 16 && name.ends_with(".history") && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Copies WAL of one timeline from a start segment on into DEST/pg_wal.
+pub struct WalFollower {
+    reader: Reader,
+    info: ServerInfo,
+    timeline: u32,
+    start_segno: u64,
+    chunk_size: u64,
+    /// For each segment we hold: how many of its bytes are final in DEST.
+    have: BTreeMap<u64, u64>,
+    /// History files copied, with their size.
+    history: BTreeMap<String, u64>,
+    /// Bytes read from the server, for the summary.
+    pub bytes_fetched: u64,
+}
+
+impl WalFollower {
+    pub fn new(reader: Reader, info: &ServerInfo, timeline: u32, start_lsn: Lsn, chunk_size: u64) -> WalFollower {
+        WalFollower {
+            reader,
+            info: info.clone(),
+            timeline,
+            start_segno: start_lsn / info.wal_segment_size,
+            chunk_size,
+            have: BTreeMap::new(),
+            history: BTreeMap::new(),
+            bytes_fetched: 0,
+        }
+    }
+
+    /// The first segment this follower copies.
+    pub fn start_segment(&self) -> String {
+        segment_name(self.timeline, self.start_segno, self.info.wal_segment_size)
+    }
+
+    /// Copy what is new since the last poll: for every segment from the start
+    /// on and at or below the flush position, the bytes not yet copied.
+    pub fn poll(&mut self, dest: &Dest) -> Result<Lsn> {
+        let flush = server::wal_flush_lsn(self.reader.client(), &self.info)?;
+        let listing = server::list_directory(self.reader.client(), "pg_wal")?;
+        let seg_size = self.info.wal_segment_size;
+        for entry in listing.iter().filter(|e| !e.is_dir) {
+            let Ok(path) = std::str::from_utf8(&entry.path) else { continue };
+            let name = path.trim_start_matches("pg_wal/");
+            if is_history_file(name) {
+                if self.history.get(name) != Some(&entry.size) {
+                    self.fetch(dest, name, 0, entry.size, Some(entry.size))?;
+                    self.history.insert(name.to_string(), entry.size);
+                }
+                continue;
+            }
+            let Some((tli, segno)) = parse_segment_name(name, seg_size) else { continue };
+            if tli != self.timeline || segno < self.start_segno || segno * seg_size >= flush {
+                continue;
+            }
+            let want = seg_size.min(flush - segno * seg_size);
+            let have = self.have.get(&segno).copied().unwrap_or(0);
+            if want > have {
+                self.fetch_segment(dest, segno, have, want)?;
+            }
+        }
+        Ok(flush)
+    }
+
+    fn fetch_segment(&mut self, dest: &Dest, segno: u64, from: u64, to: u64) -> Result<()> {
+        let name = segment_name(self.timeline, segno, self.info.wal_segment_size);
+        debug!("WAL {name}: bytes {from}..{to}");
+        let got = self.fetch(dest, &name, from, to - from, Some(self.info.wal_segment_size))?;
+        if got < to - from {
+            bail_with!(Exit::Wal, "WAL segment {name} vanished or shrank on the server while it was copied");
+        }
+        self.have.insert(segno, to);
+        Ok(())
+    }
+
+    /// Read `len` bytes at `offset` of pg_wal/`name` into DEST/pg_wal/`name`,
+    /// which is made `file_len` long; returns the bytes read.
+    fn fetch(&mut self, dest: &Dest, name: &str, offset: u64, len: u64, file_len: Option<u64>) -> Result<u64> {
+        let src = format!("pg_wal/{name}");
+        let mut done = 0;
+        loop {
+            let n = self.chunk_size.min(len - done);
+            let mut got = 0;
+            self.reader.read(&[(src.as_str(), offset + done, n)], |_, data| {
+                if let Some(bytes) = data {
+                    dest.write_at(&src, offset + done, bytes, file_len)?;
+                    got = bytes.len() as u64;
+                }
+                Ok(())
+            })?;
+            done += got;
+            self.bytes_fetched += got;
+            if got < n || done >= len {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Poll every `delay` until `abort` is set or `done` says stop.
+    pub fn follow(&mut self, dest: &Dest, delay: Duration, abort: &Abort, done: &std::sync::atomic::AtomicBool) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        while !done.load(Ordering::SeqCst) && !abort.is_set() {
+            self.poll(dest)?;
+            let deadline = std::time::Instant::now() + delay;
+            while std::time::Instant::now() < deadline && !done.load(Ordering::SeqCst) {
+                if abort.sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now())) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The final sweep: make sure every segment from the start through the
+    /// one holding `end_lsn - 1` is in DEST, complete up to the server's flush
+    /// position. On a standby, waits until it has received WAL up to `end_lsn`.
+    pub fn complete_through(&mut self, dest: &Dest, end_lsn: Lsn, delay: Duration, abort: &Abort) -> Result<()> {
+        let seg_size = self.info.wal_segment_size;
+        let last = (end_lsn - 1) / seg_size;
+        let flush = loop {
+            let flush = self.poll(dest)?;
+            if flush >= end_lsn {
+                break flush;
+            }
+            info!("waiting for the server to flush WAL up to {}", server::format_lsn(end_lsn));
+            if abort.sleep(delay) {
+                anyhow::bail!("interrupted while waiting for WAL");
+            }
+        };
+        for segno in self.start_segno..=last {
+            let want = seg_size.min(flush - segno * seg_size);
+            let have = self.have.get(&segno).copied().unwrap_or(0);
+            if have < want {
+                // poll() skipped it because it was not listed: it is gone.
+                bail_with!(
+                    Exit::Wal,
+                    "WAL segment {} was removed on the server before it could be copied; \
+                     let the role create a replication slot (REPLICATION) or raise wal_keep_size",
+                    segment_name(self.timeline, segno, seg_size)
+                );
+            }
+        }
+        info!(
+            "WAL {} to {} copied ({} bytes read)",
+            self.start_segment(),
+            segment_name(self.timeline, last, seg_size),
+            self.bytes_fetched
+        );
+        Ok(())
+    }
+
+    /// Segments held completely, newest last (for the WAL follower mode).
+    pub fn complete_segments(&self) -> impl Iterator<Item = u64> + '_ {
+        let size = self.info.wal_segment_size;
+        self.have.iter().filter(move |(_, have)| **have == size).map(|(segno, _)| *segno)
+    }
+
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let size = 16 * 1024 * 1024;
+        assert_eq!(segment_name(1, 1, size), "000000010000000000000001");
+        assert_eq!(segment_name(2, 0x1_23, size), "000000020000000100000023");
+        assert_eq!(parse_segment_name("000000020000000100000023", size), Some((2, 0x123)));
+        assert_eq!(parse_segment_name("000000010000000000000001.partial", size), None);
+        assert_eq!(parse_segment_name("00000002.history", size), None);
+        let big = 1024 * 1024 * 1024;
+        assert_eq!(segment_name(1, 5, big), "000000010000000100000001");
+        assert_eq!(parse_segment_name("000000010000000100000001", big), Some((1, 5)));
+        assert!(is_history_file("00000002.history"));
+        assert!(!is_history_file("archive_status"));
+    }
+}

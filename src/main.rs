@@ -1,6 +1,8 @@
 //! pg_basebackup: a physical base backup of a running PostgreSQL server over
 //! ordinary SQL connections, in parallel. See README.md.
 
+mod manifest;
+mod pagecheck;
 mod abort;
 mod backup;
 mod cli;

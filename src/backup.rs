@@ -21,6 +21,8 @@ use crate::conn::ConnSpec;
 use crate::copy;
 use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
+use crate::integrity::{Integrity, PageFailure, PageVerification};
+use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
 use crate::plan::{self, Plan};
 use crate::server::{self, Reader, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
@@ -131,6 +133,19 @@ struct Finished {
     files: usize,
     bytes: u64,
     wal_bytes: u64,
+    manifest_written: bool,
+    page_failures: Vec<PageFailure>,
+}
+
+/// The manifest checksum of bytes we hold in memory (backup_label, ...).
+fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
+    let sum = FileChecksum::new(alg, bytes.len() as u64);
+    sum.update(0, bytes)?;
+    sum.finish()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
@@ -167,7 +182,18 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                      that fetches WAL from your archive"
                 );
             }
+            if done.manifest_written {
+                info!("backup_manifest written; check the copy with: pg_verifybackup {}", shell_quote(dest.root()));
+            }
             println!("pg_basebackup: backup complete; start the copy with: pg_ctl -D {} start", shell_quote(dest.root()));
+            if !done.page_failures.is_empty() {
+                bail_with!(
+                    Exit::Corrupt,
+                    "the backup is complete, but {} data page(s) failed checksum verification (listed above): \
+                     the source cluster has corrupt data",
+                    done.page_failures.len()
+                );
+            }
             Ok(())
         }
         Err(e) => {
@@ -218,6 +244,10 @@ fn backup_into(
         log::debug!("skipped {s}");
     }
     create_layout(dest, &plan, targets, info)?;
+    let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
+    let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
+        .then_some(PageVerification { start_lsn, blocks_per_segment: info.blocks_per_segment });
+    let integrity = Integrity::new(&plan.files, manifest_alg, pages, settings.jobs as u64 * settings.chunk_size);
 
     let wal_done = AtomicBool::new(false);
     let mut follower = wal_reader.map(|r| WalFollower::new(r, info, timeline, start_lsn, settings.chunk_size));
@@ -235,7 +265,7 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
-        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, abort);
+        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, abort);
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread.map(|t| t.join().expect("the WAL thread panicked")).transpose();
         let (copied, readers_back) = copied?;
@@ -264,14 +294,42 @@ fn backup_into(
     if settings.sync {
         dest.sync()?;
     }
-    if !stop.tablespace_map.is_empty() {
-        dest.write_file("tablespace_map", mapped_tablespace_map(&stop.tablespace_map, targets, info.major()).as_bytes())?;
+    let tablespace_map = mapped_tablespace_map(&stop.tablespace_map, targets, info.major());
+    if !tablespace_map.is_empty() {
+        dest.write_file("tablespace_map", tablespace_map.as_bytes())?;
     }
     dest.write_file("backup_label", stop.label_file.as_bytes())?;
+    if let Some(alg) = manifest_alg {
+        let manifest = ManifestWriter::new(info.major(), info.system_identifier, alg);
+        for (i, f) in plan.files.iter().enumerate() {
+            if !copied.vanished.contains(&i) && Some(i) != plan.pg_control {
+                manifest.add_file(f.path.as_bytes(), f.size, f.mtime, integrity.file_checksum(i)?);
+            }
+        }
+        let now = unix_now();
+        let mut in_memory = vec![("backup_label", stop.label_file.as_bytes(), now)];
+        if !tablespace_map.is_empty() {
+            in_memory.push(("tablespace_map", tablespace_map.as_bytes(), now));
+        }
+        if let (Some(i), Some(bytes)) = (plan.pg_control, &pg_control) {
+            in_memory.push((plan::PG_CONTROL, bytes, plan.files[i].mtime));
+        }
+        for (path, bytes, mtime) in in_memory {
+            manifest.add_file(path.as_bytes(), bytes.len() as u64, mtime, checksum_of(alg, bytes)?);
+        }
+        let wal = WalRange { timeline, start_lsn, end_lsn: stop.lsn };
+        dest.write_file("backup_manifest", &manifest.finish(&[wal])?)?;
+    }
     if let Some(bytes) = pg_control {
         dest.write_file(plan::PG_CONTROL, &bytes)?;
     }
-    Ok(Finished { files: plan.files.len() - copied.vanished.len(), bytes: copied.bytes, wal_bytes })
+    Ok(Finished {
+        files: plan.files.len() - copied.vanished.len(),
+        bytes: copied.bytes,
+        wal_bytes,
+        manifest_written: manifest_alg.is_some(),
+        page_failures: integrity.page_failures(),
+    })
 }
 
 /// Directories, tablespace links and the empty directories the server needs.
@@ -329,7 +387,8 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
             dest.create_dirs([prefix.as_str()])?;
         }
     }
-    let (copied, _) = copy::copy_files(readers, &plan, &dest, abort)?;
+    let integrity = Integrity::new(&plan.files, None, None, 0);
+    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, abort)?;
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }

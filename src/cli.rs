@@ -96,6 +96,19 @@ pub struct Args {
     #[arg(short = 'l', long, value_name = "LABEL", default_value = "pg_basebackup base backup")]
     pub label: String,
 
+    /// Checksum algorithm for the files listed in backup_manifest
+    /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
+    #[arg(long, value_name = "ALGORITHM", default_value = "CRC32C")]
+    pub manifest_checksums: crate::manifest::ChecksumAlgorithm,
+
+    /// Do not write backup_manifest.
+    #[arg(long)]
+    pub no_manifest: bool,
+
+    /// Do not verify data page checksums while copying.
+    #[arg(long = "no-verify-checksums")]
+    pub no_verify_checksums: bool,
+
     /// Write the tablespace in OLDDIR to NEWDIR instead (both absolute).
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     pub tablespace_mapping: Vec<String>,
@@ -130,6 +143,9 @@ pub struct Settings {
     pub sync: bool,
     pub fast_checkpoint: bool,
     pub label: String,
+    /// None with --no-manifest.
+    pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
+    pub verify_page_checksums: bool,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
 }
@@ -186,9 +202,10 @@ impl Args {
         if !(self.delay.is_finite() && self.delay > 0.0) {
             bail_with!(Exit::Usage, "-D/--delay must be a positive number of seconds (got {})", self.delay);
         }
-        const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - 5; // pg_read_binary_file's limit
-        if self.chunk_size < 8192 || self.chunk_size > MAX_CHUNK {
-            bail_with!(Exit::Usage, "--chunk-size must be between 8k and 1G-5 bytes (got {})", self.chunk_size);
+        const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - 8192; // pg_read_binary_file's limit is 1G-5
+        // Whole pages per chunk, so each page can be checked as it arrives.
+        if self.chunk_size < 8192 || self.chunk_size > MAX_CHUNK || self.chunk_size % 8192 != 0 {
+            bail_with!(Exit::Usage, "--chunk-size must be a multiple of 8k between 8k and 1G (got {})", self.chunk_size);
         }
         let mode = match (self.clean, self.auxiliary, self.stdin, self.wal) {
             (true, false, false, false) => Mode::Clean,
@@ -242,6 +259,8 @@ impl Args {
             fast_checkpoint: self.checkpoint == "fast",
             label: self.label,
             tablespace_mapping,
+            manifest: (!self.no_manifest).then_some(self.manifest_checksums),
+            verify_page_checksums: !self.no_verify_checksums,
         })
     }
 }

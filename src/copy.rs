@@ -16,6 +16,8 @@ use log::debug;
 
 use crate::abort::Abort;
 use crate::dest::Dest;
+use crate::integrity::Integrity;
+use crate::pagecheck::BLCKSZ;
 use crate::plan::{Plan, Task};
 use crate::server::Reader;
 
@@ -36,13 +38,21 @@ struct Shared<'a> {
     vanished: Mutex<BTreeSet<usize>>,
     first_error: Mutex<Option<anyhow::Error>>,
     abort: &'a Abort,
+    integrity: &'a Integrity,
 }
 
 /// Copy every task of the plan with one thread per reader; returns the
 /// readers for reuse. On failure the first error is returned and the abort
 /// flag is set so the other threads stop after their current request.
-pub fn copy_files(readers: Vec<Reader>, plan: &Plan, dest: &Dest, abort: &Abort) -> Result<(CopyOutcome, Vec<Reader>)> {
+pub fn copy_files(
+    readers: Vec<Reader>,
+    plan: &Plan,
+    dest: &Dest,
+    integrity: &Integrity,
+    abort: &Abort,
+) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
+        integrity,
         plan,
         dest,
         next: AtomicUsize::new(0),
@@ -91,7 +101,11 @@ fn worker(reader: &mut Reader, shared: &Shared) -> Result<()> {
 
 fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
     let files = &shared.plan.files;
+    for p in &task.pieces {
+        shared.integrity.wait_turn(p.file, p.offset, shared.abort);
+    }
     let ranges: Vec<_> = task.pieces.iter().map(|p| (files[p.file].path.as_str(), p.offset, p.len)).collect();
+    let mut suspects = Vec::new();
     reader.read(&ranges, |i, data| {
         let piece = task.pieces[i];
         let file = &files[piece.file];
@@ -99,13 +113,25 @@ fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
             None => {
                 debug!("{} vanished during the backup", file.path);
                 shared.vanished.lock().unwrap().insert(piece.file);
+                shared.integrity.mark_vanished(piece.file);
             }
             Some(bytes) => {
                 let is_last = piece.offset + piece.len == file.size;
                 shared.dest.write_at(&file.path, piece.offset, bytes, is_last.then_some(file.size))?;
                 shared.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                suspects.extend(shared.integrity.observe(piece.file, file, piece.offset, piece.len, bytes)?);
             }
         }
         Ok(())
-    })
+    })?;
+    // A page may fail its checksum because a write tore it while we read;
+    // read each failing page once more before calling it corrupt.
+    for suspect in suspects {
+        let file = &files[suspect.file];
+        reader.read(&[(file.path.as_str(), suspect.offset, BLCKSZ as u64)], |_, page| {
+            shared.integrity.recheck(file, &suspect, page);
+            Ok(())
+        })?;
+    }
+    Ok(())
 }

@@ -25,6 +25,8 @@ pub enum Exit {
     Backup,
     /// A WAL segment the copy needs could not be fetched.
     Wal,
+    /// The backup is complete, but data page checksum failures were found.
+    Corrupt,
     /// Stopped by SIGINT or SIGTERM.
     Interrupted,
 }
@@ -39,6 +41,7 @@ impl Exit {
             Exit::Dest => 5,
             Exit::Backup => 6,
             Exit::Wal => 7,
+            Exit::Corrupt => 8,
             Exit::Interrupted => 130,
         }
     }

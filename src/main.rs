@@ -10,6 +10,7 @@ mod conn;
 mod copy;
 mod dest;
 mod error;
+mod integrity;
 mod paths;
 mod plan;
 mod server;

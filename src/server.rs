@@ -57,6 +57,11 @@ pub struct ServerInfo {
     pub system_identifier: u64,
     /// 0700 or 0750 (group access), the mode the copy's directories get.
     pub data_directory_mode: u32,
+    /// Whether the cluster has data page checksums.
+    pub data_checksums: bool,
+    /// Page size (BLCKSZ) and relation segment size in pages.
+    pub block_size: u32,
+    pub blocks_per_segment: u32,
 }
 
 impl ServerInfo {
@@ -86,7 +91,8 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
     let mode_sql = if version_num >= 110000 { "current_setting('data_directory_mode')" } else { "'0700'" };
     let sql = format!(
         "SELECT pg_is_in_recovery(), i.bytes_per_wal_segment::int8, s.catalog_version_no::int8, \
-                s.system_identifier::text, {mode_sql} \
+                s.system_identifier::text, {mode_sql}, i.data_page_checksum_version::int8, \
+                i.database_block_size::int8, i.blocks_per_segment::int8 \
            FROM pg_control_init() i, pg_control_system() s"
     );
     let row = query_one(client, &sql, &[])?;
@@ -99,6 +105,9 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
         catalog_version: row.get::<_, i64>(2) as u32,
         system_identifier: row.get::<_, String>(3).parse().context("invalid system identifier")?,
         data_directory_mode: if data_directory_mode == 0o750 { 0o750 } else { 0o700 },
+        data_checksums: row.get::<_, i64>(5) > 0,
+        block_size: row.get::<_, i64>(6) as u32,
+        blocks_per_segment: row.get::<_, i64>(7) as u32,
     })
 }
 

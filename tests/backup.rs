@@ -1,0 +1,227 @@
+//! End-to-end backups of a real PostgreSQL 15 server taking writes: every
+//! copy is started as a server and checked, never just inspected.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, scratch_dir, tool};
+
+const VERSION: u32 = 15;
+
+fn run(args: &[&str]) -> Output {
+    let out = tool().args(args).output().expect("run pg_basebackup");
+    eprintln!("pg_basebackup {args:?} -> {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Sessions of our tool still connected to the source.
+fn our_sessions(c: &Cluster) -> String {
+    c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_basebackup'")
+}
+
+fn backup_under_load(jobs: &str) {
+    let src = Cluster::start(VERSION);
+    src.pgbench_init(5);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let load = src.pgbench_load(4);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = run(&["-j", jobs, "-x", "-c", "fast", "-v", &src.dsn(), dest.to_str().unwrap()]);
+    load.stop();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pg_ctl -D"), "the last line tells how to start the copy");
+
+    // What the server's own base backup leaves out is not in the copy.
+    assert!(!dest.join("postmaster.pid").exists());
+    assert!(!dest.join("postmaster.opts").exists());
+    assert!(dest.join("backup_label").is_file());
+    for empty in ["pg_replslot", "pg_stat_tmp", "pg_wal/archive_status", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"] {
+        let d = dest.join(empty);
+        assert!(d.is_dir(), "{empty} missing");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "{empty} is not empty");
+    }
+    assert!(std::fs::read_dir(dest.join("pg_wal")).unwrap().count() > 1, "-x put WAL into pg_wal");
+    assert_eq!(our_sessions(&src), "0", "every session of the tool is closed");
+    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0", "the temporary slot is gone");
+
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    copy.assert_pgbench_consistent();
+    assert_eq!(copy.psql("SELECT count(*) FROM pgbench_accounts"), "500000");
+}
+
+#[test]
+fn backup_with_one_job_restores_under_writes() {
+    backup_under_load("1");
+}
+
+#[test]
+fn backup_with_four_jobs_restores_under_writes() {
+    backup_under_load("4");
+}
+
+#[test]
+fn backup_without_wal_warns_and_needs_an_archive() {
+    let src = Cluster::start(VERSION);
+    src.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WAL archive"), "warns that WAL must come from an archive");
+    let wal: Vec<_> = std::fs::read_dir(dest.join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(wal, ["archive_status"], "no WAL without -x");
+    assert!(dest.join("backup_label").is_file() && dest.join("global/pg_control").is_file());
+
+    // Given the WAL from the source (as an archive would), the copy starts.
+    let archive = scratch.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    src.psql("SELECT pg_switch_wal()");
+    for e in std::fs::read_dir(src.data.join("pg_wal")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), archive.join(e.file_name())).unwrap();
+        }
+    }
+    let mut conf = std::fs::OpenOptions::new().append(true).open(dest.join("postgresql.auto.conf")).unwrap();
+    writeln!(conf, "restore_command = 'cp {}/%f %p'", archive.display()).unwrap();
+    std::fs::File::create(dest.join("recovery.signal")).unwrap();
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn existing_dest_is_refused_without_force() {
+    let src = Cluster::start(VERSION);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("precious"), b"keep me").unwrap();
+
+    let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "DEST not empty has its own exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not empty") && stderr.lines().count() == 1, "one clear line: {stderr}");
+    assert_eq!(std::fs::read(dest.join("precious")).unwrap(), b"keep me");
+    assert_eq!(our_sessions(&src), "0");
+
+    let out = run(&["-f", "-x", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(!dest.join("precious").exists(), "-f replaced the contents");
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    assert_eq!(copy.psql("SELECT 1"), "1");
+
+    // A DEST that is a file is refused before anything else happens.
+    let file = scratch.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(&["-f", &src.dsn(), file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn failed_backup_leaves_nothing_behind() {
+    let src = Cluster::start(VERSION);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    // A -T mapping for a tablespace that does not exist is refused before
+    // the backup starts: no DEST, no session, no slot.
+    let out = run(&["-T", "/nowhere=/elsewhere", &src.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dest.exists());
+    // A refused connection: its own exit code, one line, no DEST.
+    let out = run(&["host=127.0.0.1 port=1 user=postgres", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+    assert!(!dest.exists());
+    assert_eq!(our_sessions(&src), "0");
+}
+
+#[test]
+fn stdin_copies_exactly_the_listed_files() {
+    let src = Cluster::start(VERSION);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("part");
+    let relfile = src.psql("CREATE TABLE s AS SELECT generate_series(1, 50000) i; CHECKPOINT; SELECT pg_relation_filepath('s')");
+    let mut child = tool()
+        .args(["-S", "--stdin", "-j", "2", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(child.stdin.take().unwrap(), "PG_VERSION\n{relfile}\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    for rel in ["PG_VERSION", relfile.as_str()] {
+        assert_eq!(std::fs::read(dest.join(rel)).unwrap(), std::fs::read(src.data.join(rel)).unwrap(), "{rel} differs");
+    }
+    let mut files = Vec::new();
+    collect_files(&dest, &dest, &mut files);
+    files.sort();
+    let mut want = vec!["PG_VERSION".to_string(), relfile.clone()];
+    want.sort();
+    assert_eq!(files, want, "only the listed files are copied");
+
+    // A path outside the data directory is refused.
+    let mut child = tool()
+        .args(["-S", "--stdin", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "../../etc/passwd").unwrap();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(2));
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            collect_files(root, &e.path(), out);
+        } else {
+            out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+#[test]
+fn wal_follower_copies_wal_until_terminate() {
+    let src = Cluster::start(VERSION);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("standby");
+    let mut child = tool()
+        .args(["-S", "-x", "-D", "0.2", "-v", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Fill and switch a few segments; the follower must hold them, byte for byte.
+    let mut switched = Vec::new();
+    for _ in 0..3 {
+        src.psql("CREATE TABLE IF NOT EXISTS w(x text); INSERT INTO w SELECT repeat('x', 1000) FROM generate_series(1, 2000)");
+        switched.push(src.psql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        src.psql("SELECT pg_switch_wal()");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wal = dest.join("pg_wal");
+    let complete = |name: &str| {
+        std::fs::read(wal.join(name)).ok() == std::fs::read(src.data.join("pg_wal").join(name)).ok()
+    };
+    while !switched.iter().all(|n| complete(n)) {
+        assert!(Instant::now() < deadline, "the follower did not copy {switched:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    writeln!(stdin, "terminate").unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(5), "stops promptly on terminate");
+    assert_eq!(our_sessions(&src), "0");
+    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+}

@@ -156,6 +156,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let wal_reader = if settings.fetch_wal { Some(Reader::new(spec.connect(APPLICATION_NAME)?)?) } else { None };
 
     let aux = readers[0].client();
+    server::check_privileges(aux, &info, true)?;
     let tablespaces = server::tablespaces(aux)?;
     let targets = tablespace_targets(&tablespaces, &settings.tablespace_mapping)?;
     let slot_obstacle = server::slot_obstacle(aux)?;
@@ -369,6 +370,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     let (_control, info) = open_control(spec)?;
     let mut readers = open_readers(spec, settings.jobs)?;
     let aux = readers[0].client();
+    server::check_privileges(aux, &info, false)?;
     let tablespaces = server::tablespaces(aux)?;
     let listing = server::list_data_directory(aux, &plan::listing_skip_names(), &plan::listing_skip_paths())?;
     let mut plan = plan::build(&listing, &tablespaces, &info.tablespace_version_dir(), settings.only_paths.as_deref(), settings.chunk_size)
@@ -404,6 +406,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
 fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let (mut control, info) = open_control(spec)?;
     let mut reader = Reader::new(spec.connect(APPLICATION_NAME)?)?;
+    server::check_privileges(reader.client(), &info, false)?;
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;
     let timeline = server::current_timeline(reader.client())?;

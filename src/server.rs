@@ -383,3 +383,80 @@ impl Reader {
         &mut self.client
     }
 }
+
+/// The functions a backup calls that a non-superuser needs EXECUTE on,
+/// with the exact signatures GRANT wants (grants are per overload).
+fn required_functions(info: &ServerInfo, with_backup: bool) -> Vec<&'static str> {
+    let mut functions = vec![
+        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+        "pg_catalog.pg_stat_file(text, boolean)",
+        "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+    ];
+    if with_backup {
+        if info.version_num >= 150000 {
+            functions.extend(["pg_catalog.pg_backup_start(text, boolean)", "pg_catalog.pg_backup_stop(boolean)"]);
+        } else {
+            functions.extend(["pg_catalog.pg_start_backup(text, boolean, boolean)", "pg_catalog.pg_stop_backup(boolean, boolean)"]);
+        }
+    }
+    functions
+}
+
+/// Find every privilege the current role lacks for this run, before
+/// anything is done on the server; the error names the GRANTs that fix it.
+pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: bool) -> Result<()> {
+    let row = query_one(client, "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user", &[])?;
+    let (role, superuser): (String, bool) = (row.get(0), row.get(1));
+    if superuser {
+        return Ok(());
+    }
+    if info.version_num < 110000 {
+        bail_with!(
+            Exit::Server,
+            "role \"{role}\" is not a superuser: PostgreSQL 10 lets only superusers call pg_ls_dir, \
+             pg_stat_file and pg_read_binary_file (grants do not help); connect as a superuser"
+        );
+    }
+    let functions = required_functions(info, with_backup);
+    let sql = "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')";
+    debug!("SQL: {sql}");
+    let missing: Vec<String> = client
+        .query(sql, &[&functions])
+        .context("could not check privileges")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !missing.is_empty() {
+        let quoted = quote_ident(&role);
+        let grants: Vec<String> = missing.iter().map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {quoted};")).collect();
+        bail_with!(Exit::Server, "role \"{role}\" lacks privileges for a backup; as a superuser run: {}", grants.join(" "));
+    }
+    Ok(())
+}
+
+/// Quote an identifier as PostgreSQL's quote_ident does.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name.bytes().enumerate().all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
+    if plain && !name.is_empty() { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("0/3000028").unwrap(), 0x3000028);
+        assert_eq!(parse_lsn("1/0000A0").unwrap(), (1 << 32) | 0xA0);
+        assert_eq!(format_lsn((0x1F << 32) | 0xABC), "1F/ABC");
+        assert!(parse_lsn("nonsense").is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_like_the_server() {
+        assert_eq!(quote_ident("backup_role"), "backup_role");
+        assert_eq!(quote_ident("Backup"), "\"Backup\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("1x"), "\"1x\"");
+    }
+}

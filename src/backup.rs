@@ -152,6 +152,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let started = Instant::now();
     dest::check(&settings.dest, settings.force)?;
     let (mut control, info) = open_control(spec)?;
+    server::check_free_connections(&mut control, settings.jobs as u32 + u32::from(settings.fetch_wal))?;
     let mut readers = open_readers(spec, settings.jobs)?;
     let wal_reader = if settings.fetch_wal { Some(Reader::new(spec.connect(APPLICATION_NAME)?)?) } else { None };
 

@@ -18,6 +18,14 @@ use crate::error::{Exit, ExitContext};
 
 /// Refuse an unusable DEST before anything is done on the server.
 pub fn check(path: &Path, force: bool) -> Result<()> {
+    if let Some(datadir) = enclosing_data_directory(path) {
+        bail_with!(
+            Exit::Dest,
+            "{} is inside the PostgreSQL data directory {}; choose a directory outside it",
+            path.display(),
+            datadir.display()
+        );
+    }
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -41,6 +49,20 @@ pub fn check(path: &Path, force: bool) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The data directory that `path` would write into, if any: an ancestor
+/// with PG_VERSION and global/pg_control, or `path` itself while a server
+/// runs on it (postmaster.pid). Writing there would corrupt that cluster.
+/// `path` itself as a stopped cluster (an earlier copy) may be replaced
+/// with -f.
+fn enclosing_data_directory(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let is_data_dir = |dir: &Path| dir.join("PG_VERSION").is_file() && dir.join("global/pg_control").is_file();
+    if is_data_dir(&absolute) && absolute.join("postmaster.pid").exists() {
+        return Some(absolute);
+    }
+    absolute.ancestors().skip(1).find(|dir| is_data_dir(dir)).map(Path::to_path_buf)
 }
 
 /// The root of a copy in progress.
@@ -257,6 +279,15 @@ mod tests {
         assert!(check(tmp.path(), true).is_ok());
         assert!(check(&tmp.path().join("new"), false).is_ok());
         assert!(check(&tmp.path().join("no/such/parent"), false).is_err());
+        let datadir = tmp.path().join("data");
+        fs::create_dir_all(datadir.join("global")).unwrap();
+        fs::write(datadir.join("PG_VERSION"), b"15\n").unwrap();
+        fs::write(datadir.join("global/pg_control"), b"").unwrap();
+        let err = check(&datadir.join("base/copy"), false).unwrap_err();
+        assert!(err.to_string().contains("inside the PostgreSQL data directory"), "{err}");
+        assert!(check(&datadir, true).is_ok(), "a stopped cluster (an earlier copy) may be replaced");
+        fs::write(datadir.join("postmaster.pid"), b"1").unwrap();
+        assert!(check(&datadir, true).is_err(), "never a running server's data directory");
     }
 
     #[test]

@@ -460,3 +460,35 @@ mod tests {
         assert_eq!(quote_ident("1x"), "\"1x\"");
     }
 }
+
+/// Refuse a run that needs more sessions than the server will give us,
+/// before opening them: a half-opened pool would fail mid-start.
+pub fn check_free_connections(client: &mut Client, needed: u32) -> Result<()> {
+    let sql = "SELECT current_setting('max_connections')::int4, \
+                      current_setting('superuser_reserved_connections')::int4, \
+                      (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4, \
+                      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                      (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), \
+                      (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user)::int4";
+    let row = query_one(client, sql, &[])?;
+    let (max, reserved, used, superuser, role_limit, role_used): (i32, i32, i32, bool, i32, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    let free = if superuser { max - used } else { max - reserved - used };
+    if (free as i64) < needed as i64 {
+        bail_with!(
+            Exit::Server,
+            "this run needs {needed} more connections but the server has {} free (max_connections = {max}, \
+             {used} in use{}); lower -j",
+            free.max(0),
+            if superuser { String::new() } else { format!(", {reserved} reserved for superusers") }
+        );
+    }
+    if role_limit >= 0 && ((role_limit - role_used) as i64) < needed as i64 {
+        bail_with!(
+            Exit::Server,
+            "this run needs {needed} more connections but the role may open only {} more (CONNECTION LIMIT {role_limit}); lower -j",
+            (role_limit - role_used).max(0)
+        );
+    }
+    Ok(())
+}

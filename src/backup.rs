@@ -56,8 +56,10 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
     Ok((client, info))
 }
 
-fn open_readers(spec: &ConnSpec, n: usize) -> Result<Vec<Reader>> {
-    (0..n).map(|_| Reader::new(spec.connect(APPLICATION_NAME)?)).collect()
+/// `n` reading sessions sharing the run's rate limit.
+fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
+    let throttle = settings.max_rate.map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r)));
+    (0..n).map(|_| Reader::new(spec.connect(APPLICATION_NAME)?, throttle.clone())).collect()
 }
 
 fn clean(spec: &ConnSpec) -> Result<()> {
@@ -153,8 +155,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     dest::check(&settings.dest, settings.force)?;
     let (mut control, info) = open_control(spec)?;
     server::check_free_connections(&mut control, settings.jobs as u32 + u32::from(settings.fetch_wal))?;
-    let mut readers = open_readers(spec, settings.jobs)?;
-    let wal_reader = if settings.fetch_wal { Some(Reader::new(spec.connect(APPLICATION_NAME)?)?) } else { None };
+    let mut readers = open_readers(spec, settings, settings.jobs + usize::from(settings.fetch_wal))?;
+    let wal_reader = if settings.fetch_wal { readers.pop() } else { None };
 
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
@@ -369,7 +371,7 @@ fn shell_quote(p: &Path) -> String {
 /// (another process runs the backup).
 fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let (_control, info) = open_control(spec)?;
-    let mut readers = open_readers(spec, settings.jobs)?;
+    let mut readers = open_readers(spec, settings, settings.jobs)?;
     let aux = readers[0].client();
     server::check_privileges(aux, &info, false)?;
     let tablespaces = server::tablespaces(aux)?;
@@ -406,7 +408,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
 /// signal arrives (the original's warm-standby feed).
 fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let (mut control, info) = open_control(spec)?;
-    let mut reader = Reader::new(spec.connect(APPLICATION_NAME)?)?;
+    let mut reader = open_readers(spec, settings, 1)?.remove(0);
     server::check_privileges(reader.client(), &info, false)?;
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;

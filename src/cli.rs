@@ -96,6 +96,11 @@ pub struct Args {
     #[arg(short = 'l', long, value_name = "LABEL", default_value = "pg_basebackup base backup")]
     pub label: String,
 
+    /// Most bytes per second to transfer, over all sessions together
+    /// (kB/s, or with a k or M suffix: 512k, 20M).
+    #[arg(short = 'r', long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
+    pub max_rate: Option<u64>,
+
     /// Checksum algorithm for the files listed in backup_manifest
     /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
     #[arg(long, value_name = "ALGORITHM", default_value = "CRC32C")]
@@ -146,6 +151,8 @@ pub struct Settings {
     /// None with --no-manifest.
     pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
+    /// Bytes per second over all sessions, from -r.
+    pub max_rate: Option<u64>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
 }
@@ -261,6 +268,7 @@ impl Args {
             tablespace_mapping,
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
+            max_rate: self.max_rate,
         })
     }
 }

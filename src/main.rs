@@ -14,6 +14,7 @@ mod integrity;
 mod paths;
 mod plan;
 mod server;
+mod throttle;
 mod wal;
 
 use std::io::Write;

@@ -341,19 +341,20 @@ pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
 pub struct Reader {
     client: Client,
     statement: Statement,
+    throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
 }
 
 /// One byte range to read: (path relative to the data directory, offset, length).
 pub type Range<'a> = (&'a str, u64, u64);
 
 impl Reader {
-    pub fn new(mut client: Client) -> Result<Reader> {
+    pub fn new(mut client: Client, throttle: Option<std::sync::Arc<crate::throttle::Throttle>>) -> Result<Reader> {
         disable_timeouts(&mut client)?;
         let sql = "SELECT t.n, pg_read_binary_file(t.p, t.o, t.l, true) \
                      FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n)";
         debug!("SQL: PREPARE {sql}");
         let statement = client.prepare(sql).context("could not prepare the read statement")?;
-        Ok(Reader { client, statement })
+        Ok(Reader { client, statement, throttle })
     }
 
     /// Read `ranges`; `sink(i, bytes)` is called once per range with its
@@ -363,6 +364,9 @@ impl Reader {
         let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
         let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
         let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
+        if let Some(t) = &self.throttle {
+            t.acquire(ranges.iter().map(|r| r.2).sum());
+        }
         debug!("read {} range(s), first {}@{}+{}", ranges.len(), paths[0], offsets[0], lens[0]);
         let rows = self
             .client

@@ -58,8 +58,11 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
 
 /// `n` reading sessions sharing the run's rate limit.
 fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
-    let throttle = settings.max_rate.map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r)));
-    (0..n).map(|_| Reader::new(spec.connect(APPLICATION_NAME)?, throttle.clone())).collect()
+    (0..n).map(|_| open_reader(spec, settings)).collect()
+}
+
+fn open_reader(spec: &ConnSpec, settings: &Settings) -> Result<Reader> {
+    Reader::new(spec.connect(APPLICATION_NAME)?, settings.throttle.clone())
 }
 
 fn clean(spec: &ConnSpec) -> Result<()> {
@@ -165,7 +168,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let slot_obstacle = server::slot_obstacle(aux)?;
 
     let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
-    let result = backup_into(settings, &info, &mut control, readers, wal_reader, &tablespaces, &targets, slot_obstacle, &mut dest, abort);
+    let run = Run { settings, spec, info: &info, abort };
+    let result = backup_into(&run, &mut control, readers, wal_reader, &tablespaces, &targets, slot_obstacle, &mut dest);
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
     drop(control);
@@ -213,10 +217,16 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every step of one backup needs to know.
+struct Run<'a> {
+    settings: &'a Settings,
+    spec: &'a ConnSpec,
+    info: &'a ServerInfo,
+    abort: &'a Abort,
+}
+
 fn backup_into(
-    settings: &Settings,
-    info: &ServerInfo,
+    run: &Run,
     control: &mut Client,
     mut readers: Vec<Reader>,
     wal_reader: Option<Reader>,
@@ -224,8 +234,8 @@ fn backup_into(
     targets: &[(u32, PathBuf)],
     slot_obstacle: Option<String>,
     dest: &mut Dest,
-    abort: &Abort,
 ) -> Result<Finished> {
+    let Run { settings, spec, info, abort } = *run;
     match slot_obstacle {
         Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
         None => {
@@ -269,7 +279,7 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
-        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, abort);
+        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, &|| open_reader(spec, settings), abort);
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread.map(|t| t.join().expect("the WAL thread panicked")).transpose();
         let (copied, readers_back) = copied?;
@@ -393,7 +403,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         }
     }
     let integrity = Integrity::new(&plan.files, None, None, 0);
-    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, abort)?;
+    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, &|| open_reader(spec, settings), abort)?;
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }

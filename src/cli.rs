@@ -11,9 +11,6 @@ use clap::Parser;
 use crate::bail_with;
 use crate::error::Exit;
 
-/// Default size of one read request, as in the original script.
-pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
-
 /// Take a physical base backup of a running PostgreSQL server over ordinary
 /// SQL connections, in parallel.
 #[derive(Parser, Debug)]
@@ -75,7 +72,8 @@ pub struct Args {
     #[arg(long)]
     pub clean: bool,
 
-    /// Size of one read request, in bytes (k and M suffixes allowed).
+    /// Size of one read request, in bytes (k and M suffixes allowed); 8 MB
+    /// as in the original script.
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
     pub chunk_size: u64,
 
@@ -132,7 +130,7 @@ pub enum Mode {
     Clean,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub mode: Mode,
     pub dsn: String,
@@ -151,8 +149,8 @@ pub struct Settings {
     /// None with --no-manifest.
     pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
-    /// Bytes per second over all sessions, from -r.
-    pub max_rate: Option<u64>,
+    /// The byte budget of -r, shared by every session of the run.
+    pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
 }
@@ -268,7 +266,7 @@ impl Args {
             tablespace_mapping,
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
-            max_rate: self.max_rate,
+            throttle: self.max_rate.map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         })
     }
 }
@@ -288,7 +286,7 @@ mod tests {
         let s = settings(&["host=x", "/tmp/d"]).unwrap();
         assert_eq!(s.jobs, 1);
         assert_eq!(s.wal_poll, std::time::Duration::from_secs(2));
-        assert_eq!(s.chunk_size, DEFAULT_CHUNK_SIZE);
+        assert_eq!(s.chunk_size, 8 << 20);
         assert!(!s.fetch_wal && !s.fast_checkpoint && s.sync);
         assert!(matches!(s.mode, Mode::Backup));
     }

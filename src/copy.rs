@@ -44,11 +44,19 @@ struct Shared<'a> {
 /// Copy every task of the plan with one thread per reader; returns the
 /// readers for reuse. On failure the first error is returned and the abort
 /// flag is set so the other threads stop after their current request.
+/// Bounded retries of a request whose session was lost (the server
+/// terminated the backend, a network blip): each on a fresh session.
+const RETRIES: u32 = 3;
+
+/// Opens a fresh reading session to replace one that was lost.
+pub type Reconnect<'a> = &'a (dyn Fn() -> Result<Reader> + Sync);
+
 pub fn copy_files(
     readers: Vec<Reader>,
     plan: &Plan,
     dest: &Dest,
     integrity: &Integrity,
+    reconnect: Reconnect,
     abort: &Abort,
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
@@ -70,7 +78,7 @@ pub fn copy_files(
         for mut reader in readers {
             let (shared, returned) = (&shared, &returned);
             s.spawn(move |_| {
-                if let Err(e) = worker(&mut reader, shared) {
+                if let Err(e) = worker(&mut reader, shared, reconnect) {
                     shared.abort.fail();
                     shared.first_error.lock().unwrap().get_or_insert(e);
                 }
@@ -88,14 +96,30 @@ pub fn copy_files(
     Ok((outcome, returned.into_inner().unwrap()))
 }
 
-fn worker(reader: &mut Reader, shared: &Shared) -> Result<()> {
+fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     loop {
         if shared.abort.is_set() {
             return Ok(());
         }
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(task) = shared.plan.tasks.get(i) else { return Ok(()) };
-        copy_task(reader, shared, task)?;
+        let mut attempt = 0;
+        while let Err(e) = copy_task(reader, shared, task) {
+            // Only a lost session is worth retrying: the request is
+            // idempotent (positional writes), and nothing of it was
+            // accounted for, since rows are handled after the whole
+            // result has arrived.
+            if !reader.client().is_closed() || attempt == RETRIES || shared.abort.is_set() {
+                return Err(e);
+            }
+            attempt += 1;
+            let backoff = std::time::Duration::from_millis(500 << attempt);
+            log::warn!("{e:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})", backoff.as_secs_f64());
+            if shared.abort.sleep(backoff) {
+                return Ok(());
+            }
+            *reader = reconnect()?;
+        }
     }
 }
 

@@ -317,10 +317,10 @@ mod tests {
     use super::*;
 
     fn file(path: &str, size: u64) -> ListedEntry {
-        ListedEntry { path: path.as_bytes().to_vec(), is_dir: false, size, mtime: 0, ctime: 0 }
+        ListedEntry { path: path.as_bytes().to_vec(), is_dir: false, size, mtime: 0 }
     }
     fn dir(path: &str) -> ListedEntry {
-        ListedEntry { path: path.as_bytes().to_vec(), is_dir: true, size: 0, mtime: 0, ctime: 0 }
+        ListedEntry { path: path.as_bytes().to_vec(), is_dir: true, size: 0, mtime: 0 }
     }
     fn copied(plan: &Plan) -> Vec<&str> {
         let mut v: Vec<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();

@@ -255,8 +255,6 @@ pub struct ListedEntry {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
-    /// Status change time (ctime), seconds since the epoch.
-    pub ctime: i64,
 }
 
 /// A text column taken as raw bytes: file names need not be valid UTF-8.
@@ -277,7 +275,6 @@ fn listed_entry(row: &postgres::Row) -> ListedEntry {
         is_dir: row.get(1),
         size: row.get::<_, i64>(2) as u64,
         mtime: row.get(3),
-        ctime: row.get(4),
     }
 }
 
@@ -285,16 +282,16 @@ fn listed_entry(row: &postgres::Row) -> ListedEntry {
 /// in `skip_names` (at any depth) and `skip_paths` (exact relative paths) are
 /// listed but not entered. Entries that vanish during the walk are left out.
 pub fn list_data_directory(client: &mut Client, skip_names: &[&str], skip_paths: &[&str]) -> Result<Vec<ListedEntry>> {
-    let sql = "WITH RECURSIVE tree(path, name, isdir, size, mtime, ctime) AS ( \
-                 SELECT e.name, e.name, s.isdir, s.size, s.modification, s.change \
+    let sql = "WITH RECURSIVE tree(path, name, isdir, size, mtime) AS ( \
+                 SELECT e.name, e.name, s.isdir, s.size, s.modification \
                    FROM pg_ls_dir('.', true, false) AS e(name), pg_stat_file(e.name, true) AS s \
                UNION ALL \
-                 SELECT t.path || '/' || e.name, e.name, s.isdir, s.size, s.modification, s.change \
+                 SELECT t.path || '/' || e.name, e.name, s.isdir, s.size, s.modification \
                    FROM tree t, pg_ls_dir(t.path, true, false) AS e(name), \
                         pg_stat_file(t.path || '/' || e.name, true) AS s \
                   WHERE t.isdir AND NOT t.name = ANY($1) AND NOT t.path = ANY($2) \
                ) \
-               SELECT path, isdir, size, extract(epoch FROM mtime)::int8, extract(epoch FROM ctime)::int8 \
+               SELECT path, isdir, size, extract(epoch FROM mtime)::int8 \
                  FROM tree WHERE isdir IS NOT NULL";
     debug!("SQL: {sql}");
     let rows = client
@@ -305,8 +302,7 @@ pub fn list_data_directory(client: &mut Client, skip_names: &[&str], skip_paths:
 
 /// List one directory (not recursive), e.g. pg_wal.
 pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>> {
-    let sql = "SELECT $1 || '/' || e.name, s.isdir, s.size, \
-                      extract(epoch FROM s.modification)::int8, extract(epoch FROM s.change)::int8 \
+    let sql = "SELECT $1 || '/' || e.name, s.isdir, s.size, extract(epoch FROM s.modification)::int8 \
                  FROM pg_ls_dir($1, true, false) AS e(name), pg_stat_file($1 || '/' || e.name, true) AS s \
                 WHERE s.isdir IS NOT NULL";
     debug!("SQL: {sql} [{dir}]");

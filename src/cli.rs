@@ -130,7 +130,7 @@ pub enum Mode {
     Clean,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: Mode,
     pub dsn: String,

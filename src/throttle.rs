@@ -10,6 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub struct Throttle {
     bytes_per_second: f64,
     next_free: Mutex<Instant>,

@@ -168,8 +168,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let slot_obstacle = server::slot_obstacle(aux)?;
 
     let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
-    let run = Run { settings, spec, info: &info, abort };
-    let result = backup_into(&run, &mut control, readers, wal_reader, &tablespaces, &targets, slot_obstacle, &mut dest);
+    let run = Run { settings, spec, info: &info, abort, tablespaces: &tablespaces, targets: &targets };
+    let result = backup_into(&run, &mut control, readers, wal_reader, slot_obstacle, &mut dest);
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
     drop(control);
@@ -223,6 +223,9 @@ struct Run<'a> {
     spec: &'a ConnSpec,
     info: &'a ServerInfo,
     abort: &'a Abort,
+    tablespaces: &'a [Tablespace],
+    /// Where each linked tablespace is written: (oid, directory).
+    targets: &'a [(u32, PathBuf)],
 }
 
 fn backup_into(
@@ -230,12 +233,10 @@ fn backup_into(
     control: &mut Client,
     mut readers: Vec<Reader>,
     wal_reader: Option<Reader>,
-    tablespaces: &[Tablespace],
-    targets: &[(u32, PathBuf)],
     slot_obstacle: Option<String>,
     dest: &mut Dest,
 ) -> Result<Finished> {
-    let Run { settings, spec, info, abort } = *run;
+    let Run { settings, spec, info, abort, tablespaces, targets } = *run;
     match slot_obstacle {
         Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
         None => {
@@ -334,6 +335,9 @@ fn backup_into(
         let wal = WalRange { timeline, start_lsn, end_lsn: stop.lsn };
         dest.write_file("backup_manifest", &manifest.finish(&[wal])?)?;
     }
+    if settings.write_recovery_conf {
+        write_recovery_conf(dest, spec, info)?;
+    }
     if let Some(bytes) = pg_control {
         dest.write_file(plan::PG_CONTROL, &bytes)?;
     }
@@ -344,6 +348,26 @@ fn backup_into(
         manifest_written: manifest_alg.is_some(),
         page_failures: integrity.page_failures(),
     })
+}
+
+/// -R: make the copy start as a streaming standby of the source. The
+/// password goes into the file only if the DSN itself held it (not from
+/// PGPASSWORD or .pgpass), as PostgreSQL's pg_basebackup does.
+fn write_recovery_conf(dest: &Dest, spec: &ConnSpec, info: &ServerInfo) -> Result<()> {
+    let conninfo = spec.conninfo_for_standby(spec.password_from_dsn());
+    let setting = format!("primary_conninfo = '{}'\n", conninfo.replace('\\', "\\\\").replace('\'', "''"));
+    if info.major() >= 12 {
+        let auto_conf = dest.path("postgresql.auto.conf");
+        let mut contents = std::fs::read(&auto_conf).unwrap_or_default();
+        if !contents.is_empty() && !contents.ends_with(b"\n") {
+            contents.push(b'\n');
+        }
+        contents.extend_from_slice(setting.as_bytes());
+        dest.write_file("postgresql.auto.conf", &contents)?;
+        dest.write_file("standby.signal", b"")
+    } else {
+        dest.write_file("recovery.conf", format!("standby_mode = 'on'\n{setting}").as_bytes())
+    }
 }
 
 /// Directories, tablespace links and the empty directories the server needs.

@@ -112,6 +112,11 @@ pub struct Args {
     #[arg(long = "no-verify-checksums")]
     pub no_verify_checksums: bool,
 
+    /// Make the copy a streaming standby of the server: standby.signal and
+    /// primary_conninfo (recovery.conf before PostgreSQL 12).
+    #[arg(short = 'R', long)]
+    pub write_recovery_conf: bool,
+
     /// Write the tablespace in OLDDIR to NEWDIR instead (both absolute).
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     pub tablespace_mapping: Vec<String>,
@@ -149,6 +154,7 @@ pub struct Settings {
     /// None with --no-manifest.
     pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
+    pub write_recovery_conf: bool,
     /// The byte budget of -r, shared by every session of the run.
     pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
     /// (server path, copy path) pairs from -T.
@@ -266,6 +272,7 @@ impl Args {
             tablespace_mapping,
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
+            write_recovery_conf: self.write_recovery_conf,
             throttle: self.max_rate.map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         })
     }

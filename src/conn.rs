@@ -380,7 +380,6 @@ impl ConnSpec {
 
     /// conninfo string suitable for primary_conninfo (-R later): all settings except dbname,
     /// with the password included only if `with_password` and it came from the DSN itself.
-    #[allow(dead_code)] // part of the interface; not called by main.rs yet
     pub fn conninfo_for_standby(&self, with_password: bool) -> String {
         let mut parts = Vec::new();
         for k in KEYWORDS {
@@ -412,20 +411,19 @@ impl ConnSpec {
     }
 
     /// True when the password was given in the DSN (not env / pgpass).
-    #[allow(dead_code)] // part of the interface; not called by main.rs yet
     pub fn password_from_dsn(&self) -> bool {
         self.password_from_dsn
     }
 
-    /// The host(s) as given (unix socket dirs start with '/'); used to decide whether
-    /// the server runs on this machine. A host given only as hostaddr is its address.
-    #[allow(dead_code)] // part of the interface; not called by main.rs yet
+    /// The host(s) as given (unix socket dirs start with '/'); a host given
+    /// only as hostaddr is its address. For tests of the resolution rules.
+    #[cfg(test)]
     pub fn hosts(&self) -> Vec<String> {
         self.targets.iter().map(Target::label).collect()
     }
 
     /// The port of the first host.
-    #[allow(dead_code)] // part of the interface; not called by main.rs yet
+    #[cfg(test)]
     pub fn port(&self) -> u16 {
         self.targets.first().map_or(DEFAULT_PORT, |t| t.port)
     }

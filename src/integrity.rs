@@ -60,7 +60,7 @@ pub struct Integrity {
     vanished: Mutex<Vec<bool>>,
 }
 
-const ZEROS: [u8; 65536] = [0; 65536];
+static ZEROS: [u8; 65536] = [0; 65536];
 
 impl Integrity {
     pub fn new(files: &[FileEntry], algorithm: Option<ChecksumAlgorithm>, pages: Option<PageVerification>, window: u64) -> Integrity {

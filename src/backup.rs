@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -247,7 +247,8 @@ fn backup_into(
             }
         }
     }
-    let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
+    // A spread checkpoint can take minutes: a signal must not wait for it.
+    let start_lsn = cancel_on_abort(control, abort, |c| server::start_backup(c, info, &settings.label, settings.fast_checkpoint))?;
     info!("backup started at {}", server::format_lsn(start_lsn));
     let aux = readers[0].client();
     let timeline = server::current_timeline(aux)?;
@@ -378,6 +379,29 @@ fn create_layout(dest: &mut Dest, plan: &Plan, targets: &[(u32, PathBuf)], info:
     }
     dest.create_dirs(plan.dirs.iter().map(String::as_str))?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))
+}
+
+/// Run `f` on `client`, sending the server a cancel request if `abort` is
+/// set meanwhile (as libpq before 17, the request goes without TLS; if the
+/// server insists on TLS it is refused and `f` simply runs to its end).
+fn cancel_on_abort<T>(client: &mut Client, abort: &Abort, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+    let token = client.cancel_token();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if abort.sleep(Duration::from_millis(100)) {
+                    if let Err(e) = token.cancel_query(postgres::NoTls) {
+                        log::debug!("could not cancel the running statement: {e}");
+                    }
+                    return;
+                }
+            }
+        });
+        let result = f(client);
+        done.store(true, Ordering::SeqCst);
+        result
+    })
 }
 
 /// A whole small file into memory (pg_control: 8 kB).

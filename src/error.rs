@@ -77,11 +77,29 @@ macro_rules! bail_with {
     };
 }
 
-/// The exit code for an error chain: the first `Failure` found, else Internal.
+/// The exit code for an error chain: the outermost `Failure`, else Internal.
+/// (`anyhow::Error::downcast_ref` looks through context layers, which a walk
+/// of `chain()` would not: there each layer is a private wrapper type.)
 pub fn exit_of(err: &anyhow::Error) -> Exit {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.exit))
-        .unwrap_or(Exit::Internal)
+    err.downcast_ref::<Failure>().map_or(Exit::Internal, |f| f.exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn exit_code_comes_from_the_outermost_failure() {
+        let inner: anyhow::Result<()> = Err(anyhow::Error::new(Failure::new(Exit::Connect, "refused")));
+        let err = inner.context("while starting").unwrap_err();
+        assert_eq!(exit_of(&err), Exit::Connect);
+        let err = err.context(Failure::new(Exit::Interrupted, "interrupted"));
+        assert_eq!(exit_of(&err), Exit::Interrupted);
+        let io: Result<(), std::io::Error> = Err(std::io::Error::other("disk"));
+        assert_eq!(exit_of(&io.exit_with(Exit::Dest, || "cannot write".into()).unwrap_err()), Exit::Dest);
+        assert_eq!(exit_of(&anyhow::anyhow!("plain")), Exit::Internal);
+    }
 }
 
 /// Extension for results: tag any error with an exit kind while keeping the

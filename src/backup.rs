@@ -186,8 +186,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             );
             if !settings.fetch_wal {
                 warn!(
-                    "the copy holds no WAL (-x not given): it can start only with a restore_command \
-                     that fetches WAL from your archive"
+                    "the copy holds no WAL (-x not given): starting it needs a WAL archive, \
+                     with a restore_command that fetches the WAL written during the backup"
                 );
             }
             if done.manifest_written {

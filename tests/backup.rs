@@ -93,6 +93,7 @@ fn backup_without_wal_warns_and_needs_an_archive() {
     let mut conf = std::fs::OpenOptions::new().append(true).open(dest.join("postgresql.auto.conf")).unwrap();
     writeln!(conf, "restore_command = 'cp {}/%f %p'", archive.display()).unwrap();
     std::fs::File::create(dest.join("recovery.signal")).unwrap();
+    common::chown_postgres(&archive);
     let copy = Cluster::start_on_copy(&dest, VERSION);
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "1000");
 }

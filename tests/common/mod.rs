@@ -270,6 +270,16 @@ impl Cluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Start a stopped server again (same port and directories).
+    pub fn restart(&self) {
+        let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
+        let ok = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D").arg(&self.data).arg("-l").arg(&self.log).args(["-w", "-t", "120", "-o", &opts, "start"])
+            .stdout(Stdio::null()).status().unwrap().success();
+        assert!(ok, "restart failed:\n{}", self.log_tail());
+        self.wait_ready();
+    }
+
     pub fn stop(&self) {
         let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null()).stderr(Stdio::null()).status();

@@ -28,7 +28,11 @@ use crate::server::{self, Reader, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
 use crate::{bail_with, wal};
 
+/// application_name of each kind of session, so a DBA can tell them apart
+/// in pg_stat_activity.
 const APPLICATION_NAME: &str = "pg_basebackup";
+const WORKER_NAME: &str = "pg_basebackup worker";
+const WAL_NAME: &str = "pg_basebackup wal";
 
 /// Run the mode the settings ask for.
 pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
@@ -58,11 +62,11 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
 
 /// `n` reading sessions sharing the run's rate limit.
 fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
-    (0..n).map(|_| open_reader(spec, settings)).collect()
+    (0..n).map(|_| open_reader(spec, settings, WORKER_NAME)).collect()
 }
 
-fn open_reader(spec: &ConnSpec, settings: &Settings) -> Result<Reader> {
-    Reader::new(spec.connect(APPLICATION_NAME)?, settings.throttle.clone())
+fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
+    Reader::new(spec.connect(application_name)?, settings.throttle.clone())
 }
 
 fn clean(spec: &ConnSpec) -> Result<()> {
@@ -158,8 +162,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     dest::check(&settings.dest, settings.force)?;
     let (mut control, info) = open_control(spec)?;
     server::check_free_connections(&mut control, settings.jobs as u32 + u32::from(settings.fetch_wal))?;
-    let mut readers = open_readers(spec, settings, settings.jobs + usize::from(settings.fetch_wal))?;
-    let wal_reader = if settings.fetch_wal { readers.pop() } else { None };
+    let mut readers = open_readers(spec, settings, settings.jobs)?;
+    let wal_reader = if settings.fetch_wal { Some(open_reader(spec, settings, WAL_NAME)?) } else { None };
 
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
@@ -266,7 +270,8 @@ fn backup_into(
     let integrity = Integrity::new(&plan.files, manifest_alg, pages, settings.jobs as u64 * settings.chunk_size);
 
     let wal_done = AtomicBool::new(false);
-    let mut follower = wal_reader.map(|r| WalFollower::new(r, info, timeline, start_lsn, settings.chunk_size));
+    let reconnect_wal = || open_reader(spec, settings, WAL_NAME);
+    let mut follower = wal_reader.map(|r| WalFollower::new(r, &reconnect_wal, info, timeline, start_lsn, settings.chunk_size));
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
         let wal_thread = follower.take().map(|mut f| {
             let (dest, wal_done) = (&*dest, &wal_done);
@@ -281,7 +286,7 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
-        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, &|| open_reader(spec, settings), abort);
+        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, &|| open_reader(spec, settings, WORKER_NAME), abort);
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread.map(|t| t.join().expect("the WAL thread panicked")).transpose();
         let (copied, readers_back) = copied?;
@@ -451,7 +456,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         }
     }
     let integrity = Integrity::new(&plan.files, None, None, 0);
-    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, &|| open_reader(spec, settings), abort)?;
+    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, &|| open_reader(spec, settings, WORKER_NAME), abort)?;
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }
@@ -466,7 +471,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
 /// signal arrives (the original's warm-standby feed).
 fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let (mut control, info) = open_control(spec)?;
-    let mut reader = open_readers(spec, settings, 1)?.remove(0);
+    let mut reader = open_reader(spec, settings, WAL_NAME)?;
     server::check_privileges(reader.client(), &info, false)?;
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;
@@ -516,11 +521,12 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
         }
         stdin_abort.terminate();
     })?;
-    let mut follower = WalFollower::new(reader, &info, timeline, start_lsn, settings.chunk_size);
+    let reconnect = || open_reader(spec, settings, WAL_NAME);
+    let mut follower = WalFollower::new(reader, &reconnect, &info, timeline, start_lsn, settings.chunk_size);
     println!("pg_basebackup: following WAL from {} into {}", follower.start_segment(), dest.path("pg_wal").display());
     let mut slot_at = start_lsn;
     loop {
-        follower.poll(&dest)?;
+        follower.poll(&dest, abort)?;
         if let Some(name) = &slot {
             // Everything before the first segment we do not hold in full can go.
             let mut next = start_lsn / info.wal_segment_size;

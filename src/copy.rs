@@ -44,8 +44,7 @@ struct Shared<'a> {
 /// Copy every task of the plan with one thread per reader; returns the
 /// readers for reuse. On failure the first error is returned and the abort
 /// flag is set so the other threads stop after their current request.
-/// Bounded retries of a request whose session was lost (the server
-/// terminated the backend, a network blip): each on a fresh session.
+/// How often a request whose session was lost is retried on a fresh one.
 const RETRIES: u32 = 3;
 
 /// Opens a fresh reading session to replace one that was lost.
@@ -104,23 +103,31 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(task) = shared.plan.tasks.get(i) else { return Ok(()) };
         let mut attempt = 0;
+        // The request is idempotent (positional writes), and nothing of it
+        // was accounted for when it fails: rows are handled only after the
+        // whole result has arrived.
         while let Err(e) = copy_task(reader, shared, task) {
-            // Only a lost session is worth retrying: the request is
-            // idempotent (positional writes), and nothing of it was
-            // accounted for, since rows are handled after the whole
-            // result has arrived.
-            if !reader.client().is_closed() || attempt == RETRIES || shared.abort.is_set() {
-                return Err(e);
-            }
-            attempt += 1;
-            let backoff = std::time::Duration::from_millis(500 << attempt);
-            log::warn!("{e:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})", backoff.as_secs_f64());
-            if shared.abort.sleep(backoff) {
-                return Ok(());
-            }
-            *reader = reconnect()?;
+            replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?;
         }
     }
+}
+
+/// Decide whether a failed request is retried: only when its session was
+/// lost (the server terminated the backend, a network blip), at most
+/// [`RETRIES`] times, with backoff. Then `reader` is a fresh session;
+/// otherwise the error is returned.
+pub fn replace_lost_session(error: anyhow::Error, reader: &mut Reader, attempt: &mut u32, reconnect: Reconnect, abort: &Abort) -> Result<()> {
+    if !reader.client().is_closed() || *attempt == RETRIES || abort.is_set() {
+        return Err(error);
+    }
+    *attempt += 1;
+    let backoff = std::time::Duration::from_millis(500 << *attempt);
+    log::warn!("{error:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})", backoff.as_secs_f64());
+    if abort.sleep(backoff) {
+        return Err(error);
+    }
+    *reader = reconnect()?;
+    Ok(())
 }
 
 fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {

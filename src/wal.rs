@@ -19,6 +19,7 @@ use log::{debug, info};
 
 use crate::abort::Abort;
 use crate::bail_with;
+use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
 use crate::server::{self, Lsn, Reader, ServerInfo};
@@ -45,8 +46,9 @@ fn is_history_file(name: &str) -> bool {
 }
 
 /// Copies WAL of one timeline from a start segment on into DEST/pg_wal.
-pub struct WalFollower {
+pub struct WalFollower<'a> {
     reader: Reader,
+    reconnect: Reconnect<'a>,
     info: ServerInfo,
     timeline: u32,
     start_segno: u64,
@@ -59,10 +61,11 @@ pub struct WalFollower {
     pub bytes_fetched: u64,
 }
 
-impl WalFollower {
-    pub fn new(reader: Reader, info: &ServerInfo, timeline: u32, start_lsn: Lsn, chunk_size: u64) -> WalFollower {
+impl<'a> WalFollower<'a> {
+    pub fn new(reader: Reader, reconnect: Reconnect<'a>, info: &ServerInfo, timeline: u32, start_lsn: Lsn, chunk_size: u64) -> Self {
         WalFollower {
             reader,
+            reconnect,
             info: info.clone(),
             timeline,
             start_segno: start_lsn / info.wal_segment_size,
@@ -79,8 +82,19 @@ impl WalFollower {
     }
 
     /// Copy what is new since the last poll: for every segment from the start
-    /// on and at or below the flush position, the bytes not yet copied.
-    pub fn poll(&mut self, dest: &Dest) -> Result<Lsn> {
+    /// on and at or below the flush position, the bytes not yet copied. A
+    /// lost session is replaced; the next try starts where the last stopped.
+    pub fn poll(&mut self, dest: &Dest, abort: &Abort) -> Result<Lsn> {
+        let mut attempt = 0;
+        loop {
+            match self.poll_once(dest) {
+                Ok(flush) => return Ok(flush),
+                Err(e) => replace_lost_session(e, &mut self.reader, &mut attempt, self.reconnect, abort)?,
+            }
+        }
+    }
+
+    fn poll_once(&mut self, dest: &Dest) -> Result<Lsn> {
         let flush = server::wal_flush_lsn(self.reader.client(), &self.info)?;
         let listing = server::list_directory(self.reader.client(), "pg_wal")?;
         let seg_size = self.info.wal_segment_size;
@@ -146,7 +160,7 @@ impl WalFollower {
     pub fn follow(&mut self, dest: &Dest, delay: Duration, abort: &Abort, done: &std::sync::atomic::AtomicBool) -> Result<()> {
         use std::sync::atomic::Ordering;
         while !done.load(Ordering::SeqCst) && !abort.is_set() {
-            self.poll(dest)?;
+            self.poll(dest, abort)?;
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline && !done.load(Ordering::SeqCst) {
                 if abort.sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now())) {
@@ -164,7 +178,7 @@ impl WalFollower {
         let seg_size = self.info.wal_segment_size;
         let last = (end_lsn - 1) / seg_size;
         let flush = loop {
-            let flush = self.poll(dest)?;
+            let flush = self.poll(dest, abort)?;
             if flush >= end_lsn {
                 break flush;
             }

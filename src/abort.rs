@@ -16,7 +16,10 @@ pub struct Abort {
 impl Abort {
     /// A flag that SIGINT and SIGTERM set.
     pub fn with_signals() -> Result<Abort> {
-        let abort = Abort { failed: Arc::default(), signalled: Arc::default() };
+        let abort = Abort {
+            failed: Arc::default(),
+            signalled: Arc::default(),
+        };
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, Arc::clone(&abort.signalled))?;
         }
@@ -43,7 +46,9 @@ impl Abort {
             if self.is_set() {
                 return true;
             }
-            std::thread::sleep(std::time::Duration::from_millis(50).min(end - std::time::Instant::now()));
+            std::thread::sleep(
+                std::time::Duration::from_millis(50).min(end - std::time::Instant::now()),
+            );
         }
         self.is_set()
     }

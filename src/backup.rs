@@ -62,7 +62,9 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
 
 /// `n` reading sessions sharing the run's rate limit.
 fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
-    (0..n).map(|_| open_reader(spec, settings, WORKER_NAME)).collect()
+    (0..n)
+        .map(|_| open_reader(spec, settings, WORKER_NAME))
+        .collect()
 }
 
 fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
@@ -87,21 +89,36 @@ fn clean(spec: &ConnSpec) -> Result<()> {
 /// Where each linked tablespace goes in a plain copy: its -T mapping, else
 /// its own path (which must then be empty, so a copy on the server's host
 /// never writes into the live tablespace).
-fn tablespace_targets(tablespaces: &[Tablespace], mapping: &[(PathBuf, PathBuf)]) -> Result<Vec<(u32, PathBuf)>> {
+fn tablespace_targets(
+    tablespaces: &[Tablespace],
+    mapping: &[(PathBuf, PathBuf)],
+) -> Result<Vec<(u32, PathBuf)>> {
     for (old, _) in mapping {
         if !tablespaces.iter().any(|t| Path::new(&t.location) == old) {
-            bail_with!(Exit::Usage, "-T {}: the server has no tablespace in that directory", old.display());
+            bail_with!(
+                Exit::Usage,
+                "-T {}: the server has no tablespace in that directory",
+                old.display()
+            );
         }
     }
     let mut targets = Vec::new();
     for t in tablespaces.iter().filter(|t| t.location.starts_with('/')) {
         let location = Path::new(&t.location);
-        let target = mapping.iter().find(|(old, _)| old == location).map(|(_, new)| new.clone());
+        let target = mapping
+            .iter()
+            .find(|(old, _)| old == location)
+            .map(|(_, new)| new.clone());
         let target = target.unwrap_or_else(|| location.to_path_buf());
         dest::check(&target, false).map_err(|e| {
             e.context(Failure::new(
                 Exit::Dest,
-                format!("tablespace \"{}\" cannot be written to {}; relocate it with -T {}=NEWDIR", t.name, target.display(), t.location),
+                format!(
+                    "tablespace \"{}\" cannot be written to {}; relocate it with -T {}=NEWDIR",
+                    t.name,
+                    target.display(),
+                    t.location
+                ),
             ))
         })?;
         targets.push((t.oid, target));
@@ -127,7 +144,9 @@ fn mapped_tablespace_map(map: &str, targets: &[(u32, PathBuf)], major: u32) -> S
     for line in map.lines() {
         let oid = line.split(' ').next().unwrap_or("");
         match targets.iter().find(|(o, _)| o.to_string() == oid) {
-            Some((_, target)) => out.push_str(&format!("{oid} {}\n", escape(&target.to_string_lossy()))),
+            Some((_, target)) => {
+                out.push_str(&format!("{oid} {}\n", escape(&target.to_string_lossy())))
+            }
             None => {
                 out.push_str(line);
                 out.push('\n');
@@ -154,16 +173,25 @@ fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let started = Instant::now();
     dest::check(&settings.dest, settings.force)?;
     let (mut control, info) = open_control(spec)?;
-    server::check_free_connections(&mut control, settings.jobs as u32 + u32::from(settings.fetch_wal))?;
+    server::check_free_connections(
+        &mut control,
+        settings.jobs as u32 + u32::from(settings.fetch_wal),
+    )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
-    let wal_reader = if settings.fetch_wal { Some(open_reader(spec, settings, WAL_NAME)?) } else { None };
+    let wal_reader = if settings.fetch_wal {
+        Some(open_reader(spec, settings, WAL_NAME)?)
+    } else {
+        None
+    };
 
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
@@ -172,8 +200,22 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let slot_obstacle = server::slot_obstacle(aux)?;
 
     let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
-    let run = Run { settings, spec, info: &info, abort, tablespaces: &tablespaces, targets: &targets };
-    let result = backup_into(&run, &mut control, readers, wal_reader, slot_obstacle, &mut dest);
+    let run = Run {
+        settings,
+        spec,
+        info: &info,
+        abort,
+        tablespaces: &tablespaces,
+        targets: &targets,
+    };
+    let result = backup_into(
+        &run,
+        &mut control,
+        readers,
+        wal_reader,
+        slot_obstacle,
+        &mut dest,
+    );
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
     drop(control);
@@ -195,9 +237,15 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                 );
             }
             if done.manifest_written {
-                info!("backup_manifest written; check the copy with: pg_verifybackup {}", shell_quote(dest.root()));
+                info!(
+                    "backup_manifest written; check the copy with: pg_verifybackup {}",
+                    shell_quote(dest.root())
+                );
             }
-            println!("pg_basebackup: backup complete; start the copy with: pg_ctl -D {} start", shell_quote(dest.root()));
+            println!(
+                "pg_basebackup: backup complete; start the copy with: pg_ctl -D {} start",
+                shell_quote(dest.root())
+            );
             if !done.page_failures.is_empty() {
                 bail_with!(
                     Exit::Corrupt,
@@ -210,9 +258,16 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
         Err(e) => {
             abort.fail();
-            let e = if abort.signalled() { e.context(Failure::new(Exit::Interrupted, "interrupted by a signal")) } else { e };
+            let e = if abort.signalled() {
+                e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
+            } else {
+                e
+            };
             if settings.keep_partial {
-                warn!("the partial copy in {} was kept (-n); it is NOT restorable", dest.root().display());
+                warn!(
+                    "the partial copy in {} was kept (-n); it is NOT restorable",
+                    dest.root().display()
+                );
             } else if let Err(cleanup) = dest.discard() {
                 warn!("{cleanup:#}");
             }
@@ -240,38 +295,83 @@ fn backup_into(
     slot_obstacle: Option<String>,
     dest: &mut Dest,
 ) -> Result<Finished> {
-    let Run { settings, spec, info, abort, tablespaces, targets } = *run;
+    let Run {
+        settings,
+        spec,
+        info,
+        abort,
+        tablespaces,
+        targets,
+    } = *run;
     match slot_obstacle {
         Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
         None => {
             let name = format!("pg_basebackup_{}", server::backend_pid(control)?);
             match server::create_temporary_slot(control, &name) {
-                Ok(()) => info!("temporary replication slot {name} keeps the WAL this backup needs"),
-                Err(e) => warn!("could not create a temporary replication slot, going on without: {e:#}"),
+                Ok(()) => {
+                    info!("temporary replication slot {name} keeps the WAL this backup needs")
+                }
+                Err(e) => {
+                    warn!("could not create a temporary replication slot, going on without: {e:#}")
+                }
             }
         }
     }
     // A spread checkpoint can take minutes: a signal must not wait for it.
-    let start_lsn = cancel_on_abort(control, abort, |c| server::start_backup(c, info, &settings.label, settings.fast_checkpoint))?;
+    let start_lsn = cancel_on_abort(control, abort, |c| {
+        server::start_backup(c, info, &settings.label, settings.fast_checkpoint)
+    })?;
     info!("backup started at {}", server::format_lsn(start_lsn));
     let aux = readers[0].client();
     let timeline = server::current_timeline(aux)?;
-    let listing = server::list_data_directory(aux, &plan::listing_skip_names(), &plan::listing_skip_paths())?;
-    let plan = plan::build(&listing, tablespaces, &info.tablespace_version_dir(), settings.only_paths.as_deref(), settings.chunk_size)
-        .map_err(|e| Failure::new(Exit::Backup, e))?;
-    info!("{} files, {} MB, in {} read requests", plan.files.len(), plan.total_bytes() >> 20, plan.tasks.len());
+    let listing = server::list_data_directory(
+        aux,
+        &plan::listing_skip_names(),
+        &plan::listing_skip_paths(),
+    )?;
+    let plan = plan::build(
+        &listing,
+        tablespaces,
+        &info.tablespace_version_dir(),
+        settings.only_paths.as_deref(),
+        settings.chunk_size,
+    )
+    .map_err(|e| Failure::new(Exit::Backup, e))?;
+    info!(
+        "{} files, {} MB, in {} read requests",
+        plan.files.len(),
+        plan.total_bytes() >> 20,
+        plan.tasks.len()
+    );
     for s in &plan.skipped {
         log::debug!("skipped {s}");
     }
     create_layout(dest, &plan, targets, info)?;
     let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
     let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
-        .then_some(PageVerification { start_lsn, blocks_per_segment: info.blocks_per_segment });
-    let integrity = Integrity::new(&plan.files, manifest_alg, pages, settings.jobs as u64 * settings.chunk_size);
+        .then_some(PageVerification {
+            start_lsn,
+            blocks_per_segment: info.blocks_per_segment,
+        });
+    let integrity = Integrity::new(
+        &plan.files,
+        manifest_alg,
+        pages,
+        settings.jobs as u64 * settings.chunk_size,
+    );
 
     let wal_done = AtomicBool::new(false);
     let reconnect_wal = || open_reader(spec, settings, WAL_NAME);
-    let mut follower = wal_reader.map(|r| WalFollower::new(r, &reconnect_wal, info, timeline, start_lsn, settings.chunk_size));
+    let mut follower = wal_reader.map(|r| {
+        WalFollower::new(
+            r,
+            &reconnect_wal,
+            info,
+            timeline,
+            start_lsn,
+            settings.chunk_size,
+        )
+    });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
         let wal_thread = follower.take().map(|mut f| {
             let (dest, wal_done) = (&*dest, &wal_done);
@@ -286,9 +386,18 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
-        let copied = copy::copy_files(std::mem::take(&mut readers), &plan, dest, &integrity, &|| open_reader(spec, settings, WORKER_NAME), abort);
+        let copied = copy::copy_files(
+            std::mem::take(&mut readers),
+            &plan,
+            dest,
+            &integrity,
+            &|| open_reader(spec, settings, WORKER_NAME),
+            abort,
+        );
         wal_done.store(true, Ordering::SeqCst);
-        let follower = wal_thread.map(|t| t.join().expect("the WAL thread panicked")).transpose();
+        let follower = wal_thread
+            .map(|t| t.join().expect("the WAL thread panicked"))
+            .transpose();
         let (copied, readers_back) = copied?;
         Ok((copied, readers_back, follower?))
     })?;
@@ -296,7 +405,11 @@ fn backup_into(
 
     // global/pg_control: read after every other file, written after the label.
     let pg_control = match plan.pg_control {
-        Some(i) => Some(read_whole(&mut readers[0], &plan.files[i].path, plan.files[i].size)?),
+        Some(i) => Some(read_whole(
+            &mut readers[0],
+            &plan.files[i].path,
+            plan.files[i].size,
+        )?),
         None => None,
     };
     let stop = server::stop_backup(control, info)?;
@@ -324,7 +437,12 @@ fn backup_into(
         let manifest = ManifestWriter::new(info.major(), info.system_identifier, alg);
         for (i, f) in plan.files.iter().enumerate() {
             if !copied.vanished.contains(&i) && Some(i) != plan.pg_control {
-                manifest.add_file(f.path.as_bytes(), f.size, f.mtime, integrity.file_checksum(i)?);
+                manifest.add_file(
+                    f.path.as_bytes(),
+                    f.size,
+                    f.mtime,
+                    integrity.file_checksum(i)?,
+                );
             }
         }
         let now = unix_now();
@@ -336,9 +454,18 @@ fn backup_into(
             in_memory.push((plan::PG_CONTROL, bytes, plan.files[i].mtime));
         }
         for (path, bytes, mtime) in in_memory {
-            manifest.add_file(path.as_bytes(), bytes.len() as u64, mtime, checksum_of(alg, bytes)?);
+            manifest.add_file(
+                path.as_bytes(),
+                bytes.len() as u64,
+                mtime,
+                checksum_of(alg, bytes)?,
+            );
         }
-        let wal = WalRange { timeline, start_lsn, end_lsn: stop.lsn };
+        let wal = WalRange {
+            timeline,
+            start_lsn,
+            end_lsn: stop.lsn,
+        };
         dest.write_file("backup_manifest", &manifest.finish(&[wal])?)?;
     }
     if settings.write_recovery_conf {
@@ -361,7 +488,10 @@ fn backup_into(
 /// PGPASSWORD or .pgpass), as PostgreSQL's pg_basebackup does.
 fn write_recovery_conf(dest: &Dest, spec: &ConnSpec, info: &ServerInfo) -> Result<()> {
     let conninfo = spec.conninfo_for_standby(spec.password_from_dsn());
-    let setting = format!("primary_conninfo = '{}'\n", conninfo.replace('\\', "\\\\").replace('\'', "''"));
+    let setting = format!(
+        "primary_conninfo = '{}'\n",
+        conninfo.replace('\\', "\\\\").replace('\'', "''")
+    );
     if info.major() >= 12 {
         let auto_conf = dest.path("postgresql.auto.conf");
         let mut contents = std::fs::read(&auto_conf).unwrap_or_default();
@@ -372,12 +502,20 @@ fn write_recovery_conf(dest: &Dest, spec: &ConnSpec, info: &ServerInfo) -> Resul
         dest.write_file("postgresql.auto.conf", &contents)?;
         dest.write_file("standby.signal", b"")
     } else {
-        dest.write_file("recovery.conf", format!("standby_mode = 'on'\n{setting}").as_bytes())
+        dest.write_file(
+            "recovery.conf",
+            format!("standby_mode = 'on'\n{setting}").as_bytes(),
+        )
     }
 }
 
 /// Directories, tablespace links and the empty directories the server needs.
-fn create_layout(dest: &mut Dest, plan: &Plan, targets: &[(u32, PathBuf)], info: &ServerInfo) -> Result<()> {
+fn create_layout(
+    dest: &mut Dest,
+    plan: &Plan,
+    targets: &[(u32, PathBuf)],
+    info: &ServerInfo,
+) -> Result<()> {
     dest.create_dirs(["global", "pg_tblspc"])?;
     for (oid, target) in targets {
         dest.link_tablespace(*oid, target)?;
@@ -389,7 +527,11 @@ fn create_layout(dest: &mut Dest, plan: &Plan, targets: &[(u32, PathBuf)], info:
 /// Run `f` on `client`, sending the server a cancel request if `abort` is
 /// set meanwhile (as libpq before 17, the request goes without TLS; if the
 /// server insists on TLS it is refused and `f` simply runs to its end).
-fn cancel_on_abort<T>(client: &mut Client, abort: &Abort, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+fn cancel_on_abort<T>(
+    client: &mut Client,
+    abort: &Abort,
+    f: impl FnOnce(&mut Client) -> Result<T>,
+) -> Result<T> {
     let token = client.cancel_token();
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -423,7 +565,9 @@ fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
 
 fn shell_quote(p: &Path) -> String {
     let s = p.to_string_lossy();
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b)) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b))
+    {
         s.into_owned()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -438,13 +582,27 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     let aux = readers[0].client();
     server::check_privileges(aux, &info, false)?;
     let tablespaces = server::tablespaces(aux)?;
-    let listing = server::list_data_directory(aux, &plan::listing_skip_names(), &plan::listing_skip_paths())?;
-    let mut plan = plan::build(&listing, &tablespaces, &info.tablespace_version_dir(), settings.only_paths.as_deref(), settings.chunk_size)
-        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    let listing = server::list_data_directory(
+        aux,
+        &plan::listing_skip_names(),
+        &plan::listing_skip_paths(),
+    )?;
+    let mut plan = plan::build(
+        &listing,
+        &tablespaces,
+        &info.tablespace_version_dir(),
+        settings.only_paths.as_deref(),
+        settings.chunk_size,
+    )
+    .map_err(|e| Failure::new(Exit::Usage, e))?;
     // Here pg_control is an ordinary file: the caller decides the order.
     plan.tasks = plan::chunk(&plan.files, None, settings.chunk_size);
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-    let parents: std::collections::BTreeSet<&str> = plan.files.iter().filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d)).collect();
+    let parents: std::collections::BTreeSet<&str> = plan
+        .files
+        .iter()
+        .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
+        .collect();
     for parent in parents {
         let mut prefix = String::new();
         for part in parent.split('/') {
@@ -456,14 +614,25 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         }
     }
     let integrity = Integrity::new(&plan.files, None, None, 0);
-    let (copied, _) = copy::copy_files(readers, &plan, &dest, &integrity, &|| open_reader(spec, settings, WORKER_NAME), abort)?;
+    let (copied, _) = copy::copy_files(
+        readers,
+        &plan,
+        &dest,
+        &integrity,
+        &|| open_reader(spec, settings, WORKER_NAME),
+        abort,
+    )?;
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }
     if settings.sync {
         dest.sync()?;
     }
-    info!("copied {} files, {} MB", plan.files.len() - copied.vanished.len(), copied.bytes >> 20);
+    info!(
+        "copied {} files, {} MB",
+        plan.files.len() - copied.vanished.len(),
+        copied.bytes >> 20
+    );
     Ok(())
 }
 
@@ -490,7 +659,10 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     };
     // A slot keeps the server from recycling WAL we have not copied yet; we
     // move it forward as segments complete (pg_replication_slot_advance, 11+).
-    let slot = match (server::slot_obstacle(reader.client())?, info.version_num >= 110000) {
+    let slot = match (
+        server::slot_obstacle(reader.client())?,
+        info.version_num >= 110000,
+    ) {
         (None, true) => {
             let name = format!("pg_basebackup_{}", server::backend_pid(&mut control)?);
             match server::create_temporary_slot(&mut control, &name) {
@@ -506,24 +678,39 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             None
         }
         (None, false) => {
-            warn!("no replication slot on PostgreSQL 10 (it cannot advance one): set wal_keep_segments");
+            warn!(
+                "no replication slot on PostgreSQL 10 (it cannot advance one): set wal_keep_segments"
+            );
             None
         }
     };
     let stdin_abort = abort.clone();
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        for line in std::io::stdin().lines() {
-            match line {
-                Ok(l) if l.trim() == "terminate" => break,
-                Ok(_) => {}
-                Err(_) => return,
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "terminate" => break,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
             }
-        }
-        stdin_abort.terminate();
-    })?;
+            stdin_abort.terminate();
+        })?;
     let reconnect = || open_reader(spec, settings, WAL_NAME);
-    let mut follower = WalFollower::new(reader, &reconnect, &info, timeline, start_lsn, settings.chunk_size);
-    println!("pg_basebackup: following WAL from {} into {}", follower.start_segment(), dest.path("pg_wal").display());
+    let mut follower = WalFollower::new(
+        reader,
+        &reconnect,
+        &info,
+        timeline,
+        start_lsn,
+        settings.chunk_size,
+    );
+    println!(
+        "pg_basebackup: following WAL from {} into {}",
+        follower.start_segment(),
+        dest.path("pg_wal").display()
+    );
     let mut slot_at = start_lsn;
     loop {
         follower.poll(&dest, abort)?;
@@ -548,7 +735,10 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     if settings.sync {
         dest.sync()?;
     }
-    println!("pg_basebackup: WAL follower stopped ({} bytes of WAL copied)", follower.bytes_fetched);
+    println!(
+        "pg_basebackup: WAL follower stopped ({} bytes of WAL copied)",
+        follower.bytes_fetched
+    );
     Ok(())
 }
 
@@ -561,10 +751,19 @@ mod tests {
     fn tablespace_map_points_at_the_copies() {
         let map = "16400 /srv/ts1\n16401 /srv/ts\\\\2\n";
         let targets = vec![(16400, PathBuf::from("/copy/ts1"))];
-        assert_eq!(mapped_tablespace_map(map, &targets, 15), "16400 /copy/ts1\n16401 /srv/ts\\\\2\n");
+        assert_eq!(
+            mapped_tablespace_map(map, &targets, 15),
+            "16400 /copy/ts1\n16401 /srv/ts\\\\2\n"
+        );
         let targets = vec![(16401, PathBuf::from("/c/a\\b"))];
-        assert_eq!(mapped_tablespace_map(map, &targets, 15), "16400 /srv/ts1\n16401 /c/a\\\\b\n");
-        assert_eq!(mapped_tablespace_map(map, &targets, 13), "16400 /srv/ts1\n16401 /c/a\\b\n");
+        assert_eq!(
+            mapped_tablespace_map(map, &targets, 15),
+            "16400 /srv/ts1\n16401 /c/a\\\\b\n"
+        );
+        assert_eq!(
+            mapped_tablespace_map(map, &targets, 13),
+            "16400 /srv/ts1\n16401 /c/a\\b\n"
+        );
     }
 
     #[test]

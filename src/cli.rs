@@ -49,11 +49,23 @@ pub struct Args {
     pub force: bool,
 
     /// Number of parallel worker connections.
-    #[arg(short, long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     pub jobs: i64,
 
     /// Seconds between two polls of the WAL directory (with -x).
-    #[arg(short = 'D', long, value_name = "SECONDS", default_value_t = 2.0, allow_negative_numbers = true)]
+    #[arg(
+        short = 'D',
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        allow_negative_numbers = true
+    )]
     pub delay: f64,
 
     /// Auxiliary mode: do not start or stop a backup on the server (use with
@@ -91,7 +103,12 @@ pub struct Args {
     pub checkpoint: String,
 
     /// Backup label, written into backup_label.
-    #[arg(short = 'l', long, value_name = "LABEL", default_value = "pg_basebackup base backup")]
+    #[arg(
+        short = 'l',
+        long,
+        value_name = "LABEL",
+        default_value = "pg_basebackup base backup"
+    )]
     pub label: String,
 
     /// Most bytes per second to transfer, over all sessions together
@@ -173,16 +190,26 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, PathBuf), String> {
                 new = Some(String::new());
                 continue;
             }
-            '=' => return Err(format!("invalid tablespace mapping \"{s}\": multiple \"=\" signs")),
+            '=' => {
+                return Err(format!(
+                    "invalid tablespace mapping \"{s}\": multiple \"=\" signs"
+                ));
+            }
             c => c,
         };
         new.as_mut().unwrap_or(&mut old).push(c);
     }
-    let new = new.ok_or_else(|| format!("invalid tablespace mapping \"{s}\": use OLDDIR=NEWDIR"))?;
+    let new =
+        new.ok_or_else(|| format!("invalid tablespace mapping \"{s}\": use OLDDIR=NEWDIR"))?;
     if !old.starts_with('/') || !new.starts_with('/') {
-        return Err(format!("invalid tablespace mapping \"{s}\": both directories must be absolute paths"));
+        return Err(format!(
+            "invalid tablespace mapping \"{s}\": both directories must be absolute paths"
+        ));
     }
-    Ok((PathBuf::from(old.trim_end_matches('/')), PathBuf::from(new.trim_end_matches('/'))))
+    Ok((
+        PathBuf::from(old.trim_end_matches('/')),
+        PathBuf::from(new.trim_end_matches('/')),
+    ))
 }
 
 /// Parse a size such as `8388608`, `512k` or `8M` into bytes.
@@ -194,43 +221,72 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1024 * 1024 * 1024),
         _ => (s, 1),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size \"{s}\": use a number with an optional k, M or G suffix"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size \"{s}\" is too large"))
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("invalid size \"{s}\": use a number with an optional k, M or G suffix")
+    })?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))
 }
 
 impl Args {
     /// Check flag combinations and turn them into [`Settings`]. `stdin_lines`
     /// is called only with --stdin, so tests can feed it.
-    pub fn into_settings(self, stdin_lines: impl FnOnce() -> std::io::Result<Vec<String>>) -> Result<Settings> {
+    pub fn into_settings(
+        self,
+        stdin_lines: impl FnOnce() -> std::io::Result<Vec<String>>,
+    ) -> Result<Settings> {
         if self.jobs < 1 {
-            bail_with!(Exit::Usage, "-j/--jobs must be at least 1 (got {})", self.jobs);
+            bail_with!(
+                Exit::Usage,
+                "-j/--jobs must be at least 1 (got {})",
+                self.jobs
+            );
         }
         if self.jobs > 512 {
-            bail_with!(Exit::Usage, "-j/--jobs {} is more than the 512 connections this tool will open", self.jobs);
+            bail_with!(
+                Exit::Usage,
+                "-j/--jobs {} is more than the 512 connections this tool will open",
+                self.jobs
+            );
         }
         if !(self.delay.is_finite() && self.delay > 0.0) {
-            bail_with!(Exit::Usage, "-D/--delay must be a positive number of seconds (got {})", self.delay);
+            bail_with!(
+                Exit::Usage,
+                "-D/--delay must be a positive number of seconds (got {})",
+                self.delay
+            );
         }
         const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - 8192; // pg_read_binary_file's limit is 1G-5
         // Whole pages per chunk, so each page can be checked as it arrives.
         if self.chunk_size < 8192 || self.chunk_size > MAX_CHUNK || self.chunk_size % 8192 != 0 {
-            bail_with!(Exit::Usage, "--chunk-size must be a multiple of 8k between 8k and 1G (got {})", self.chunk_size);
+            bail_with!(
+                Exit::Usage,
+                "--chunk-size must be a multiple of 8k between 8k and 1G (got {})",
+                self.chunk_size
+            );
         }
         let mode = match (self.clean, self.auxiliary, self.stdin, self.wal) {
             (true, false, false, false) => Mode::Clean,
-            (true, ..) => bail_with!(Exit::Usage, "--clean cannot be combined with -S, --stdin or -x"),
+            (true, ..) => bail_with!(
+                Exit::Usage,
+                "--clean cannot be combined with -S, --stdin or -x"
+            ),
             (false, true, true, false) => Mode::AuxiliaryCopy,
             (false, true, false, true) => Mode::WalFollower,
             (false, true, ..) => {
-                bail_with!(Exit::Usage, "-S needs exactly one of --stdin (copy files) or -x (follow WAL)")
+                bail_with!(
+                    Exit::Usage,
+                    "-S needs exactly one of --stdin (copy files) or -x (follow WAL)"
+                )
             }
             (false, false, ..) => Mode::Backup,
         };
         let only_paths = if self.stdin {
             let lines = stdin_lines().map_err(|e| {
-                anyhow::Error::new(crate::error::Failure::new(Exit::Usage, format!("could not read paths from standard input: {e}")))
+                anyhow::Error::new(crate::error::Failure::new(
+                    Exit::Usage,
+                    format!("could not read paths from standard input: {e}"),
+                ))
             })?;
             let mut paths = Vec::new();
             for line in lines {
@@ -238,8 +294,12 @@ impl Args {
                 if line.is_empty() {
                     continue;
                 }
-                let path = crate::paths::normalize_relative(line)
-                    .map_err(|e| anyhow::Error::new(crate::error::Failure::new(Exit::Usage, format!("--stdin: {e}"))))?;
+                let path = crate::paths::normalize_relative(line).map_err(|e| {
+                    anyhow::Error::new(crate::error::Failure::new(
+                        Exit::Usage,
+                        format!("--stdin: {e}"),
+                    ))
+                })?;
                 paths.push(path);
             }
             Some(paths)
@@ -273,7 +333,9 @@ impl Args {
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
             write_recovery_conf: self.write_recovery_conf,
-            throttle: self.max_rate.map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
+            throttle: self
+                .max_rate
+                .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         })
     }
 }
@@ -285,7 +347,13 @@ mod tests {
     fn settings(args: &[&str]) -> Result<Settings> {
         let mut argv = vec!["pg_basebackup"];
         argv.extend_from_slice(args);
-        Args::try_parse_from(argv)?.into_settings(|| Ok(vec!["base/1/1259".into(), "".into(), "./global/pg_control".into()]))
+        Args::try_parse_from(argv)?.into_settings(|| {
+            Ok(vec![
+                "base/1/1259".into(),
+                "".into(),
+                "./global/pg_control".into(),
+            ])
+        })
     }
 
     #[test]
@@ -304,11 +372,17 @@ mod tests {
         assert_eq!((s.jobs, s.fetch_wal, s.fast_checkpoint), (4, true, true));
         assert!(settings(&["--wal", "dsn", "d"]).unwrap().fetch_wal);
         assert!(settings(&["--pg_xlog", "dsn", "d"]).unwrap().fetch_wal);
-        assert!(matches!(settings(&["-S", "-x", "dsn", "d"]).unwrap().mode, Mode::WalFollower));
+        assert!(matches!(
+            settings(&["-S", "-x", "dsn", "d"]).unwrap().mode,
+            Mode::WalFollower
+        ));
         let s = settings(&["-S", "--stdin", "dsn", "d"]).unwrap();
         assert!(matches!(s.mode, Mode::AuxiliaryCopy));
         assert_eq!(s.only_paths.unwrap(), ["base/1/1259", "global/pg_control"]);
-        assert!(matches!(settings(&["--clean", "dsn"]).unwrap().mode, Mode::Clean));
+        assert!(matches!(
+            settings(&["--clean", "dsn"]).unwrap().mode,
+            Mode::Clean
+        ));
     }
 
     #[test]
@@ -326,7 +400,10 @@ mod tests {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");
         }
-        assert!(settings(&["dsn"]).is_err(), "DEST is required without --clean");
+        assert!(
+            settings(&["dsn"]).is_err(),
+            "DEST is required without --clean"
+        );
     }
 
     #[test]
@@ -335,8 +412,14 @@ mod tests {
         assert_eq!(parse_size("512k").unwrap(), 512 << 10);
         assert_eq!(parse_size("8192").unwrap(), 8192);
         assert!(parse_size("8X").is_err());
-        assert_eq!(parse_mapping("/a/b=/c/").unwrap(), (PathBuf::from("/a/b"), PathBuf::from("/c")));
-        assert_eq!(parse_mapping("/a\\=b=/c").unwrap(), (PathBuf::from("/a=b"), PathBuf::from("/c")));
+        assert_eq!(
+            parse_mapping("/a/b=/c/").unwrap(),
+            (PathBuf::from("/a/b"), PathBuf::from("/c"))
+        );
+        assert_eq!(
+            parse_mapping("/a\\=b=/c").unwrap(),
+            (PathBuf::from("/a=b"), PathBuf::from("/c"))
+        );
         assert!(parse_mapping("/a=/b=/c").is_err());
         assert!(parse_mapping("/a").is_err());
     }

@@ -91,7 +91,10 @@ pub fn copy_files(
     if abort.is_set() {
         anyhow::bail!("copy interrupted");
     }
-    let outcome = CopyOutcome { bytes: shared.bytes.into_inner(), vanished: shared.vanished.into_inner().unwrap() };
+    let outcome = CopyOutcome {
+        bytes: shared.bytes.into_inner(),
+        vanished: shared.vanished.into_inner().unwrap(),
+    };
     Ok((outcome, returned.into_inner().unwrap()))
 }
 
@@ -101,7 +104,9 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
             return Ok(());
         }
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(task) = shared.plan.tasks.get(i) else { return Ok(()) };
+        let Some(task) = shared.plan.tasks.get(i) else {
+            return Ok(());
+        };
         let mut attempt = 0;
         // The request is idempotent (positional writes), and nothing of it
         // was accounted for when it fails: rows are handled only after the
@@ -116,13 +121,22 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
 /// lost (the server terminated the backend, a network blip), at most
 /// [`RETRIES`] times, with backoff. Then `reader` is a fresh session;
 /// otherwise the error is returned.
-pub fn replace_lost_session(error: anyhow::Error, reader: &mut Reader, attempt: &mut u32, reconnect: Reconnect, abort: &Abort) -> Result<()> {
+pub fn replace_lost_session(
+    error: anyhow::Error,
+    reader: &mut Reader,
+    attempt: &mut u32,
+    reconnect: Reconnect,
+    abort: &Abort,
+) -> Result<()> {
     if !reader.client().is_closed() || *attempt == RETRIES || abort.is_set() {
         return Err(error);
     }
     *attempt += 1;
     let backoff = std::time::Duration::from_millis(500 << *attempt);
-    log::warn!("{error:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})", backoff.as_secs_f64());
+    log::warn!(
+        "{error:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})",
+        backoff.as_secs_f64()
+    );
     if abort.sleep(backoff) {
         return Err(error);
     }
@@ -135,7 +149,11 @@ fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
     for p in &task.pieces {
         shared.integrity.wait_turn(p.file, p.offset, shared.abort);
     }
-    let ranges: Vec<_> = task.pieces.iter().map(|p| (files[p.file].path.as_str(), p.offset, p.len)).collect();
+    let ranges: Vec<_> = task
+        .pieces
+        .iter()
+        .map(|p| (files[p.file].path.as_str(), p.offset, p.len))
+        .collect();
     let mut suspects = Vec::new();
     reader.read(&ranges, |i, data| {
         let piece = task.pieces[i];
@@ -148,9 +166,22 @@ fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
             }
             Some(bytes) => {
                 let is_last = piece.offset + piece.len == file.size;
-                shared.dest.write_at(&file.path, piece.offset, bytes, is_last.then_some(file.size))?;
-                shared.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                suspects.extend(shared.integrity.observe(piece.file, file, piece.offset, piece.len, bytes)?);
+                shared.dest.write_at(
+                    &file.path,
+                    piece.offset,
+                    bytes,
+                    is_last.then_some(file.size),
+                )?;
+                shared
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                suspects.extend(shared.integrity.observe(
+                    piece.file,
+                    file,
+                    piece.offset,
+                    piece.len,
+                    bytes,
+                )?);
             }
         }
         Ok(())
@@ -159,10 +190,13 @@ fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
     // read each failing page once more before calling it corrupt.
     for suspect in suspects {
         let file = &files[suspect.file];
-        reader.read(&[(file.path.as_str(), suspect.offset, BLCKSZ as u64)], |_, page| {
-            shared.integrity.recheck(file, &suspect, page);
-            Ok(())
-        })?;
+        reader.read(
+            &[(file.path.as_str(), suspect.offset, BLCKSZ as u64)],
+            |_, page| {
+                shared.integrity.recheck(file, &suspect, page);
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

@@ -28,23 +28,41 @@ pub fn check(path: &Path, force: bool) -> Result<()> {
     }
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !parent.is_dir() {
-                bail_with!(Exit::Dest, "cannot create {}: parent directory {} does not exist", path.display(), parent.display());
+                bail_with!(
+                    Exit::Dest,
+                    "cannot create {}: parent directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                );
             }
             Ok(())
         }
         Err(e) => bail_with!(Exit::Dest, "cannot use {}: {e}", path.display()),
         Ok(meta) if !meta.is_dir() => {
-            bail_with!(Exit::Dest, "{} exists and is not a directory", path.display())
+            bail_with!(
+                Exit::Dest,
+                "{} exists and is not a directory",
+                path.display()
+            )
         }
         Ok(_) => {
             let not_empty = fs::read_dir(path)
-                .exit_with(Exit::Dest, || format!("cannot read directory {}", path.display()))?
+                .exit_with(Exit::Dest, || {
+                    format!("cannot read directory {}", path.display())
+                })?
                 .next()
                 .is_some();
             if not_empty && !force {
-                bail_with!(Exit::Dest, "directory {} exists and is not empty (use -f to replace its contents)", path.display());
+                bail_with!(
+                    Exit::Dest,
+                    "directory {} exists and is not empty (use -f to replace its contents)",
+                    path.display()
+                );
             }
             Ok(())
         }
@@ -58,11 +76,16 @@ pub fn check(path: &Path, force: bool) -> Result<()> {
 /// with -f.
 fn enclosing_data_directory(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
-    let is_data_dir = |dir: &Path| dir.join("PG_VERSION").is_file() && dir.join("global/pg_control").is_file();
+    let is_data_dir =
+        |dir: &Path| dir.join("PG_VERSION").is_file() && dir.join("global/pg_control").is_file();
     if is_data_dir(&absolute) && absolute.join("postmaster.pid").exists() {
         return Some(absolute);
     }
-    absolute.ancestors().skip(1).find(|dir| is_data_dir(dir)).map(Path::to_path_buf)
+    absolute
+        .ancestors()
+        .skip(1)
+        .find(|dir| is_data_dir(dir))
+        .map(Path::to_path_buf)
 }
 
 /// The root of a copy in progress.
@@ -88,11 +111,17 @@ impl Dest {
             fs::DirBuilder::new()
                 .mode(dir_mode)
                 .create(root)
-                .exit_with(Exit::Dest, || format!("cannot create directory {}", root.display()))?;
+                .exit_with(Exit::Dest, || {
+                    format!("cannot create directory {}", root.display())
+                })?;
         } else {
-            remove_contents(root).exit_with(Exit::Dest, || format!("cannot empty directory {}", root.display()))?;
+            remove_contents(root).exit_with(Exit::Dest, || {
+                format!("cannot empty directory {}", root.display())
+            })?;
             fs::set_permissions(root, fs::Permissions::from_mode(dir_mode))
-                .exit_with(Exit::Dest, || format!("cannot set permissions of {}", root.display()))?;
+                .exit_with(Exit::Dest, || {
+                    format!("cannot set permissions of {}", root.display())
+                })?;
         }
         Ok(Dest {
             root: root.to_path_buf(),
@@ -110,7 +139,11 @@ impl Dest {
     pub fn open_shared(root: &Path, dir_mode: u32) -> Result<Dest> {
         let mut dest = if root.exists() {
             if !root.is_dir() {
-                bail_with!(Exit::Dest, "{} exists and is not a directory", root.display());
+                bail_with!(
+                    Exit::Dest,
+                    "{} exists and is not a directory",
+                    root.display()
+                );
             }
             Dest {
                 root: root.to_path_buf(),
@@ -143,7 +176,11 @@ impl Dest {
             match fs::DirBuilder::new().mode(self.dir_mode).create(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                Err(e) => return Err(e).exit_with(Exit::Dest, || format!("cannot create directory {}", p.display())),
+                Err(e) => {
+                    return Err(e).exit_with(Exit::Dest, || {
+                        format!("cannot create directory {}", p.display())
+                    });
+                }
             }
         }
         Ok(())
@@ -158,12 +195,15 @@ impl Dest {
                 .recursive(true)
                 .mode(self.dir_mode)
                 .create(target)
-                .exit_with(Exit::Dest, || format!("cannot create tablespace directory {}", target.display()))?;
+                .exit_with(Exit::Dest, || {
+                    format!("cannot create tablespace directory {}", target.display())
+                })?;
         }
         self.tablespace_roots.push(target.to_path_buf());
         let link = self.path(&format!("pg_tblspc/{oid}"));
-        std::os::unix::fs::symlink(target, &link)
-            .exit_with(Exit::Dest, || format!("cannot create tablespace link {}", link.display()))
+        std::os::unix::fs::symlink(target, &link).exit_with(Exit::Dest, || {
+            format!("cannot create tablespace link {}", link.display())
+        })
     }
 
     fn open(&self, rel: &str) -> Result<File> {
@@ -174,21 +214,32 @@ impl Dest {
             .truncate(false)
             .mode(self.file_mode)
             .open(&p)
-            .exit_with(Exit::Dest, || format!("cannot open {} for writing", p.display()))
+            .exit_with(Exit::Dest, || {
+                format!("cannot open {} for writing", p.display())
+            })
     }
 
     /// Write `data` at `offset` of a file, creating it; then, when `final_len`
     /// is given, set the file to exactly that size (zero padding a file that
     /// shrank on the server). Safe to call from many threads on one file.
-    pub fn write_at(&self, rel: &str, offset: u64, data: &[u8], final_len: Option<u64>) -> Result<()> {
+    pub fn write_at(
+        &self,
+        rel: &str,
+        offset: u64,
+        data: &[u8],
+        final_len: Option<u64>,
+    ) -> Result<()> {
         let f = self.open(rel)?;
-        f.write_all_at(data, offset)
-            .exit_with(Exit::Dest, || format!("cannot write {}", self.path(rel).display()))?;
+        f.write_all_at(data, offset).exit_with(Exit::Dest, || {
+            format!("cannot write {}", self.path(rel).display())
+        })?;
         if let Some(len) = final_len {
             // Only ever extend: another worker may already have written the
             // tail of a file that is still being copied.
             if f.metadata()?.len() < len {
-                f.set_len(len).exit_with(Exit::Dest, || format!("cannot extend {}", self.path(rel).display()))?;
+                f.set_len(len).exit_with(Exit::Dest, || {
+                    format!("cannot extend {}", self.path(rel).display())
+                })?;
             }
         }
         Ok(())
@@ -204,19 +255,24 @@ impl Dest {
             .mode(self.file_mode)
             .open(&p)
             .exit_with(Exit::Dest, || format!("cannot create {}", p.display()))?;
-        f.write_all(data).exit_with(Exit::Dest, || format!("cannot write {}", p.display()))?;
-        f.sync_all().exit_with(Exit::Dest, || format!("cannot fsync {}", p.display()))?;
+        f.write_all(data)
+            .exit_with(Exit::Dest, || format!("cannot write {}", p.display()))?;
+        f.sync_all()
+            .exit_with(Exit::Dest, || format!("cannot fsync {}", p.display()))?;
         if let Some(dir) = p.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).exit_with(Exit::Dest, || format!("cannot fsync {}", dir.display()))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .exit_with(Exit::Dest, || format!("cannot fsync {}", dir.display()))?;
         }
         Ok(())
     }
 
     pub fn remove_file(&self, rel: &str) -> Result<()> {
         match fs::remove_file(self.path(rel)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).exit_with(Exit::Dest, || format!("cannot remove {}", self.path(rel).display()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                .exit_with(Exit::Dest, || {
+                    format!("cannot remove {}", self.path(rel).display())
+                }),
             _ => Ok(()),
         }
     }
@@ -226,10 +282,12 @@ impl Dest {
     /// per file and it covers directory entries too.
     pub fn sync(&self) -> Result<()> {
         for root in std::iter::once(&self.root).chain(&self.tablespace_roots) {
-            let dir = File::open(root).exit_with(Exit::Dest, || format!("cannot open {}", root.display()))?;
+            let dir = File::open(root)
+                .exit_with(Exit::Dest, || format!("cannot open {}", root.display()))?;
             // SAFETY: syncfs takes a valid open file descriptor, which `dir` owns.
             if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                return Err(std::io::Error::last_os_error()).exit_with(Exit::Dest, || format!("cannot sync {}", root.display()));
+                return Err(std::io::Error::last_os_error())
+                    .exit_with(Exit::Dest, || format!("cannot sync {}", root.display()));
             }
         }
         Ok(())
@@ -242,7 +300,8 @@ impl Dest {
             return Ok(());
         }
         for ts in &self.tablespace_roots {
-            remove_contents(ts).with_context(|| format!("cannot clean tablespace directory {}", ts.display()))?;
+            remove_contents(ts)
+                .with_context(|| format!("cannot clean tablespace directory {}", ts.display()))?;
         }
         if self.created_root {
             fs::remove_dir_all(&self.root)
@@ -284,10 +343,20 @@ mod tests {
         fs::write(datadir.join("PG_VERSION"), b"15\n").unwrap();
         fs::write(datadir.join("global/pg_control"), b"").unwrap();
         let err = check(&datadir.join("base/copy"), false).unwrap_err();
-        assert!(err.to_string().contains("inside the PostgreSQL data directory"), "{err}");
-        assert!(check(&datadir, true).is_ok(), "a stopped cluster (an earlier copy) may be replaced");
+        assert!(
+            err.to_string()
+                .contains("inside the PostgreSQL data directory"),
+            "{err}"
+        );
+        assert!(
+            check(&datadir, true).is_ok(),
+            "a stopped cluster (an earlier copy) may be replaced"
+        );
         fs::write(datadir.join("postmaster.pid"), b"1").unwrap();
-        assert!(check(&datadir, true).is_err(), "never a running server's data directory");
+        assert!(
+            check(&datadir, true).is_err(),
+            "never a running server's data directory"
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Failure {
-        Failure { exit, message: message.into() }
+        Failure {
+            exit,
+            message: message.into(),
+        }
     }
 }
 
@@ -81,25 +84,8 @@ macro_rules! bail_with {
 /// (`anyhow::Error::downcast_ref` looks through context layers, which a walk
 /// of `chain()` would not: there each layer is a private wrapper type.)
 pub fn exit_of(err: &anyhow::Error) -> Exit {
-    err.downcast_ref::<Failure>().map_or(Exit::Internal, |f| f.exit)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context;
-
-    #[test]
-    fn exit_code_comes_from_the_outermost_failure() {
-        let inner: anyhow::Result<()> = Err(anyhow::Error::new(Failure::new(Exit::Connect, "refused")));
-        let err = inner.context("while starting").unwrap_err();
-        assert_eq!(exit_of(&err), Exit::Connect);
-        let err = err.context(Failure::new(Exit::Interrupted, "interrupted"));
-        assert_eq!(exit_of(&err), Exit::Interrupted);
-        let io: Result<(), std::io::Error> = Err(std::io::Error::other("disk"));
-        assert_eq!(exit_of(&io.exit_with(Exit::Dest, || "cannot write".into()).unwrap_err()), Exit::Dest);
-        assert_eq!(exit_of(&anyhow::anyhow!("plain")), Exit::Internal);
-    }
+    err.downcast_ref::<Failure>()
+        .map_or(Exit::Internal, |f| f.exit)
 }
 
 /// Extension for results: tag any error with an exit kind while keeping the
@@ -114,5 +100,30 @@ where
 {
     fn exit_with<F: FnOnce() -> String>(self, exit: Exit, msg: F) -> anyhow::Result<T> {
         self.map_err(|e| e.into().context(Failure::new(exit, msg())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn exit_code_comes_from_the_outermost_failure() {
+        let inner: anyhow::Result<()> =
+            Err(anyhow::Error::new(Failure::new(Exit::Connect, "refused")));
+        let err = inner.context("while starting").unwrap_err();
+        assert_eq!(exit_of(&err), Exit::Connect);
+        let err = err.context(Failure::new(Exit::Interrupted, "interrupted"));
+        assert_eq!(exit_of(&err), Exit::Interrupted);
+        let io: Result<(), std::io::Error> = Err(std::io::Error::other("disk"));
+        assert_eq!(
+            exit_of(
+                &io.exit_with(Exit::Dest, || "cannot write".into())
+                    .unwrap_err()
+            ),
+            Exit::Dest
+        );
+        assert_eq!(exit_of(&anyhow::anyhow!("plain")), Exit::Internal);
     }
 }

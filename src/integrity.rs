@@ -63,10 +63,16 @@ pub struct Integrity {
 static ZEROS: [u8; 65536] = [0; 65536];
 
 impl Integrity {
-    pub fn new(files: &[FileEntry], algorithm: Option<ChecksumAlgorithm>, pages: Option<PageVerification>, window: u64) -> Integrity {
+    pub fn new(
+        files: &[FileEntry],
+        algorithm: Option<ChecksumAlgorithm>,
+        pages: Option<PageVerification>,
+        window: u64,
+    ) -> Integrity {
         let algorithm = algorithm.filter(|a| *a != ChecksumAlgorithm::None);
         Integrity {
-            checksums: algorithm.map(|a| files.iter().map(|f| FileChecksum::new(a, f.size)).collect()),
+            checksums: algorithm
+                .map(|a| files.iter().map(|f| FileChecksum::new(a, f.size)).collect()),
             ordered: !matches!(algorithm, None | Some(ChecksumAlgorithm::Crc32c)),
             window,
             pages,
@@ -79,8 +85,13 @@ impl Integrity {
     /// a SHA-2 checksum must hold within the window. Returns at once for
     /// CRC32C, for small offsets, and when `abort` is set.
     pub fn wait_turn(&self, file: usize, offset: u64, abort: &Abort) {
-        let Some(sums) = self.checksums.as_ref().filter(|_| self.ordered) else { return };
-        while sums[file].contiguous_bytes() + self.window < offset && !abort.is_set() && !self.vanished.lock().unwrap()[file] {
+        let Some(sums) = self.checksums.as_ref().filter(|_| self.ordered) else {
+            return;
+        };
+        while sums[file].contiguous_bytes() + self.window < offset
+            && !abort.is_set()
+            && !self.vanished.lock().unwrap()[file]
+        {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -93,7 +104,14 @@ impl Integrity {
     /// is what the server returned (shorter if the file shrank; the rest of
     /// the range is zeros in the copy). Returns the blocks whose page
     /// checksum failed, for one re-read.
-    pub fn observe(&self, index: usize, file: &FileEntry, offset: u64, len: u64, data: &[u8]) -> Result<Vec<Suspect>> {
+    pub fn observe(
+        &self,
+        index: usize,
+        file: &FileEntry,
+        offset: u64,
+        len: u64,
+        data: &[u8],
+    ) -> Result<Vec<Suspect>> {
         if let Some(sums) = &self.checksums {
             let sum = &sums[index];
             sum.update(offset, data)?;
@@ -109,8 +127,12 @@ impl Integrity {
             if pagecheck::is_checksummed_file(&file.path) && offset % BLCKSZ as u64 == 0 {
                 for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
                     let block_offset = offset + (i * BLCKSZ) as u64;
-                    if let PageVerdict::Mismatch { .. } = self.verdict(file, block_offset, page, pv) {
-                        suspects.push(Suspect { file: index, offset: block_offset });
+                    if let PageVerdict::Mismatch { .. } = self.verdict(file, block_offset, page, pv)
+                    {
+                        suspects.push(Suspect {
+                            file: index,
+                            offset: block_offset,
+                        });
                     }
                 }
             }
@@ -118,22 +140,42 @@ impl Integrity {
         Ok(suspects)
     }
 
-    fn verdict(&self, file: &FileEntry, block_offset: u64, page: &[u8], pv: &PageVerification) -> PageVerdict {
+    fn verdict(
+        &self,
+        file: &FileEntry,
+        block_offset: u64,
+        page: &[u8],
+        pv: &PageVerification,
+    ) -> PageVerdict {
         let block_in_file = (block_offset / BLCKSZ as u64) as u32;
-        let blkno = pagecheck::relation_block_number(&file.path, block_in_file, pv.blocks_per_segment);
+        let blkno =
+            pagecheck::relation_block_number(&file.path, block_in_file, pv.blocks_per_segment);
         pagecheck::check_page(page, blkno, pv.start_lsn)
     }
 
     /// Judge a suspect block again with freshly read bytes (`None`: the file
     /// or the block is gone, which is no corruption).
     pub fn recheck(&self, file: &FileEntry, suspect: &Suspect, page: Option<&[u8]>) {
-        let (Some(pv), Some(page)) = (&self.pages, page) else { return };
+        let (Some(pv), Some(page)) = (&self.pages, page) else {
+            return;
+        };
         if page.len() != BLCKSZ {
             return;
         }
-        if let PageVerdict::Mismatch { expected, found } = self.verdict(file, suspect.offset, page, pv) {
-            let block = pagecheck::relation_block_number(&file.path, (suspect.offset / BLCKSZ as u64) as u32, pv.blocks_per_segment);
-            let failure = PageFailure { path: file.path.clone(), block, computed: expected, stored: found };
+        if let PageVerdict::Mismatch { expected, found } =
+            self.verdict(file, suspect.offset, page, pv)
+        {
+            let block = pagecheck::relation_block_number(
+                &file.path,
+                (suspect.offset / BLCKSZ as u64) as u32,
+                pv.blocks_per_segment,
+            );
+            let failure = PageFailure {
+                path: file.path.clone(),
+                block,
+                computed: expected,
+                stored: found,
+            };
             log::warn!(
                 "checksum verification failed in file \"{}\", block {}: calculated {:X} but expected {:X}",
                 failure.path,
@@ -163,7 +205,11 @@ mod tests {
     use super::*;
 
     fn entry(path: &str, size: u64) -> FileEntry {
-        FileEntry { path: path.into(), size, mtime: 0 }
+        FileEntry {
+            path: path.into(),
+            size,
+            mtime: 0,
+        }
     }
 
     #[test]
@@ -172,7 +218,8 @@ mod tests {
         let padded = Integrity::new(&files, Some(ChecksumAlgorithm::Sha256), None, 0);
         padded.observe(0, &files[0], 0, 10, b"abcd").unwrap();
         let full = Integrity::new(&files, Some(ChecksumAlgorithm::Sha256), None, 0);
-        full.observe(0, &files[0], 0, 10, b"abcd\0\0\0\0\0\0").unwrap();
+        full.observe(0, &files[0], 0, 10, b"abcd\0\0\0\0\0\0")
+            .unwrap();
         let padded = padded.file_checksum(0).unwrap();
         assert!(padded.is_some());
         assert_eq!(padded, full.file_checksum(0).unwrap());
@@ -185,11 +232,16 @@ mod tests {
         page[14] = 0x40;
         page[8] = 0x12; // a stored checksum that will not match
         let files = [entry("base/5/16384", BLCKSZ as u64 * 2)];
-        let pv = PageVerification { start_lsn: u64::MAX, blocks_per_segment: 131072 };
+        let pv = PageVerification {
+            start_lsn: u64::MAX,
+            blocks_per_segment: 131072,
+        };
         let integrity = Integrity::new(&files, None, Some(pv), 0);
         let mut data = page.clone();
         data.extend_from_slice(&[0u8; BLCKSZ]); // a new page: skipped
-        let suspects = integrity.observe(0, &files[0], 0, data.len() as u64, &data).unwrap();
+        let suspects = integrity
+            .observe(0, &files[0], 0, data.len() as u64, &data)
+            .unwrap();
         assert_eq!(suspects.len(), 1);
         assert_eq!(suspects[0].offset, 0);
         integrity.recheck(&files[0], &suspects[0], Some(&page));

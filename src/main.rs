@@ -1,8 +1,6 @@
 //! pg_basebackup: a physical base backup of a running PostgreSQL server over
 //! ordinary SQL connections, in parallel. See README.md.
 
-mod manifest;
-mod pagecheck;
 mod abort;
 mod backup;
 mod cli;
@@ -11,6 +9,8 @@ mod copy;
 mod dest;
 mod error;
 mod integrity;
+mod manifest;
+mod pagecheck;
 mod paths;
 mod plan;
 mod server;
@@ -43,6 +43,13 @@ fn init_logging(verbose: bool, debug: bool) {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
         .filter_module("pg_basebackup", ours)
-        .format(|buf, record| writeln!(buf, "pg_basebackup: {}: {}", record.level().as_str().to_lowercase(), record.args()))
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "pg_basebackup: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
+        })
         .init();
 }

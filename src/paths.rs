@@ -14,7 +14,9 @@ pub fn normalize_relative(path: &str) -> Result<String, String> {
         return Err(format!("path {path:?} contains a NUL byte"));
     }
     if path.starts_with('/') {
-        return Err(format!("path {path:?} is absolute; only paths relative to the data directory are allowed"));
+        return Err(format!(
+            "path {path:?} is absolute; only paths relative to the data directory are allowed"
+        ));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
@@ -37,14 +39,27 @@ mod tests {
     #[test]
     fn accepts_and_canonicalizes_relative_paths() {
         assert_eq!(normalize_relative("base/1/1259").unwrap(), "base/1/1259");
-        assert_eq!(normalize_relative("./base//1/./1259/").unwrap(), "base/1/1259");
+        assert_eq!(
+            normalize_relative("./base//1/./1259/").unwrap(),
+            "base/1/1259"
+        );
         assert_eq!(normalize_relative("PG_VERSION").unwrap(), "PG_VERSION");
         assert_eq!(normalize_relative("dir/..file").unwrap(), "dir/..file");
     }
 
     #[test]
     fn rejects_escapes() {
-        for bad in ["", "/etc/passwd", "../x", "base/../../x", "a/..", ".", "./", "a\0b", "//x"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "base/../../x",
+            "a/..",
+            ".",
+            "./",
+            "a\0b",
+            "//x",
+        ] {
             assert!(normalize_relative(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -14,35 +14,72 @@ use crate::server::{ListedEntry, Tablespace};
 /// Directories whose contents are skipped at any depth; the directory itself
 /// is created empty because the server expects to find it.
 pub const SKIP_CONTENTS_OF: &[(&str, &str)] = &[
-    ("pg_stat_tmp", "statistics temp files, rewritten by the running server"),
-    ("pg_replslot", "replication slots are per server and must not be cloned"),
-    ("pg_dynshmem", "dynamic shared memory, valid only in the running server"),
+    (
+        "pg_stat_tmp",
+        "statistics temp files, rewritten by the running server",
+    ),
+    (
+        "pg_replslot",
+        "replication slots are per server and must not be cloned",
+    ),
+    (
+        "pg_dynshmem",
+        "dynamic shared memory, valid only in the running server",
+    ),
     ("pg_notify", "LISTEN/NOTIFY queue, cleared at startup"),
-    ("pg_serial", "serializable transaction state, cleared at startup"),
-    ("pg_snapshots", "exported snapshots, meaningless after a restart"),
+    (
+        "pg_serial",
+        "serializable transaction state, cleared at startup",
+    ),
+    (
+        "pg_snapshots",
+        "exported snapshots, meaningless after a restart",
+    ),
     ("pg_subtrans", "subtransaction state, rebuilt at startup"),
 ];
 
 /// Top-level directories whose contents are never listed: WAL is fetched
 /// separately (by the WAL follower with -x) into an empty pg_wal.
-pub const SKIP_CONTENTS_OF_TOP: &[(&str, &str)] = &[("pg_wal", "WAL is copied by the WAL follower, not as data")];
+pub const SKIP_CONTENTS_OF_TOP: &[(&str, &str)] =
+    &[("pg_wal", "WAL is copied by the WAL follower, not as data")];
 
 /// Files skipped by exact name at any depth.
 pub const SKIP_FILES: &[(&str, &str)] = &[
-    ("postmaster.pid", "would make the copy look like a running server"),
-    ("postmaster.opts", "describes the running server's command line"),
-    ("postgresql.auto.conf.tmp", "a half-written ALTER SYSTEM file"),
+    (
+        "postmaster.pid",
+        "would make the copy look like a running server",
+    ),
+    (
+        "postmaster.opts",
+        "describes the running server's command line",
+    ),
+    (
+        "postgresql.auto.conf.tmp",
+        "a half-written ALTER SYSTEM file",
+    ),
     ("current_logfiles.tmp", "a half-written log-collector file"),
-    ("backup_label", "written by us from the stop call; an old one would be wrong"),
+    (
+        "backup_label",
+        "written by us from the stop call; an old one would be wrong",
+    ),
     ("tablespace_map", "written by us from the stop call"),
-    ("backup_manifest", "written by us for this backup, never copied"),
+    (
+        "backup_manifest",
+        "written by us for this backup, never copied",
+    ),
     (".DS_Store", "macOS Finder litter"),
 ];
 
 /// Files skipped by name prefix at any depth.
 pub const SKIP_PREFIXES: &[(&str, &str)] = &[
-    ("pg_internal.init", "relation cache init files, rebuilt at startup"),
-    ("pgsql_tmp", "temporary files and directories of running queries"),
+    (
+        "pg_internal.init",
+        "relation cache init files, rebuilt at startup",
+    ),
+    (
+        "pgsql_tmp",
+        "temporary files and directories of running queries",
+    ),
 ];
 
 /// The file copied last: without it the copy cannot start, so an
@@ -124,7 +161,8 @@ fn file_name(path: &str) -> &str {
 }
 
 fn is_skipped_file(name: &str) -> bool {
-    SKIP_FILES.iter().any(|(n, _)| *n == name) || SKIP_PREFIXES.iter().any(|(p, _)| name.starts_with(p))
+    SKIP_FILES.iter().any(|(n, _)| *n == name)
+        || SKIP_PREFIXES.iter().any(|(p, _)| name.starts_with(p))
 }
 
 /// Whether a directory is one that holds relation files: base/<db>, or
@@ -144,7 +182,11 @@ fn is_relation_dir(dir: &str) -> bool {
 fn relation_file_parts(name: &str) -> Option<(&str, bool)> {
     let (temp, rest) = match name.strip_prefix('t') {
         Some(rest) => match rest.split_once('_') {
-            Some((backend, rest)) if backend.bytes().all(|b| b.is_ascii_digit()) && !backend.is_empty() => (true, rest),
+            Some((backend, rest))
+                if backend.bytes().all(|b| b.is_ascii_digit()) && !backend.is_empty() =>
+            {
+                (true, rest)
+            }
             _ => return None,
         },
         None => (false, name),
@@ -155,13 +197,19 @@ fn relation_file_parts(name: &str) -> Option<(&str, bool)> {
     }
     let tail = &rest[digits..];
     let fork_ok = matches!(tail.split('.').next(), Some("" | "_fsm" | "_vm" | "_init"));
-    let seg_ok = tail.split_once('.').is_none_or(|(_, seg)| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()));
+    let seg_ok = tail
+        .split_once('.')
+        .is_none_or(|(_, seg)| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()));
     (fork_ok && seg_ok).then_some((&rest[..digits], temp))
 }
 
 /// Why a file under a relation directory is left out, if it is: temporary
 /// relations, and every fork but the init fork of an unlogged relation.
-fn relation_file_skip(dir: &str, name: &str, init_forks: &HashSet<(String, String)>) -> Option<&'static str> {
+fn relation_file_skip(
+    dir: &str,
+    name: &str,
+    init_forks: &HashSet<(String, String)>,
+) -> Option<&'static str> {
     let (node, temp) = relation_file_parts(name)?;
     if temp {
         return Some("temporary relation");
@@ -185,7 +233,9 @@ fn place(path: &str, tablespace_dirs: &BTreeMap<String, String>) -> Placement {
     let mut parts = path.splitn(4, '/');
     if let (Some("pg_tblspc"), Some(oid)) = (parts.next(), parts.next()) {
         match (tablespace_dirs.get(oid), parts.next()) {
-            (Some(_), None) => return Placement::Skip(format!("{path}: tablespace link, created separately")),
+            (Some(_), None) => {
+                return Placement::Skip(format!("{path}: tablespace link, created separately"));
+            }
             (Some(version_dir), Some(sub)) if sub != version_dir => {
                 return Placement::Skip(format!("{path}: belongs to another server version"));
             }
@@ -214,9 +264,14 @@ pub fn build(
 
     let mut entries = Vec::with_capacity(listing.len());
     for e in listing {
-        let raw = String::from_utf8(e.path.clone())
-            .map_err(|_| format!("the server listed a file name that is not valid UTF-8: {:?}", String::from_utf8_lossy(&e.path)))?;
-        let path = normalize_relative(&raw).map_err(|err| format!("the server listed an unsafe path: {err}"))?;
+        let raw = String::from_utf8(e.path.clone()).map_err(|_| {
+            format!(
+                "the server listed a file name that is not valid UTF-8: {:?}",
+                String::from_utf8_lossy(&e.path)
+            )
+        })?;
+        let path = normalize_relative(&raw)
+            .map_err(|err| format!("the server listed an unsafe path: {err}"))?;
         entries.push((path, e));
     }
 
@@ -226,7 +281,8 @@ pub fn build(
         .filter_map(|(path, _)| {
             let (dir, name) = path.rsplit_once('/')?;
             let node = name.strip_suffix("_init")?;
-            (is_relation_dir(dir) && node.bytes().all(|b| b.is_ascii_digit())).then(|| (dir.to_string(), node.to_string()))
+            (is_relation_dir(dir) && node.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| (dir.to_string(), node.to_string()))
         })
         .collect();
 
@@ -262,17 +318,25 @@ pub fn build(
                 continue;
             }
         }
-        plan.files.push(FileEntry { path, size: e.size, mtime: e.mtime });
+        plan.files.push(FileEntry {
+            path,
+            size: e.size,
+            mtime: e.mtime,
+        });
     }
     if let Some(w) = &wanted {
         let found: HashSet<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
         if let Some(missing) = w.iter().find(|p| !found.contains(*p)) {
-            return Err(format!("--stdin names {missing:?}, which is not a file the backup copies"));
+            return Err(format!(
+                "--stdin names {missing:?}, which is not a file the backup copies"
+            ));
         }
     }
-    plan.dirs.sort_by_key(|d| (d.matches('/').count(), d.clone()));
+    plan.dirs
+        .sort_by_key(|d| (d.matches('/').count(), d.clone()));
     // Biggest first, so the long reads start early and the tail is short.
-    plan.files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    plan.files
+        .sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     plan.pg_control = plan.files.iter().position(|f| f.path == PG_CONTROL);
     plan.tasks = chunk(&plan.files, plan.pg_control, chunk_size);
     Ok(plan)
@@ -296,7 +360,13 @@ pub fn chunk(files: &[FileEntry], skip: Option<usize>, chunk_size: u64) -> Vec<T
             let mut offset = 0;
             while offset < f.size {
                 let len = chunk_size.min(f.size - offset);
-                tasks.push(Task { pieces: vec![Piece { file: i, offset, len }] });
+                tasks.push(Task {
+                    pieces: vec![Piece {
+                        file: i,
+                        offset,
+                        len,
+                    }],
+                });
                 offset += len;
             }
             continue;
@@ -304,7 +374,11 @@ pub fn chunk(files: &[FileEntry], skip: Option<usize>, chunk_size: u64) -> Vec<T
         if batch.bytes() + f.size > chunk_size || batch.pieces.len() == MAX_PIECES {
             tasks.push(std::mem::replace(&mut batch, Task { pieces: Vec::new() }));
         }
-        batch.pieces.push(Piece { file: i, offset: 0, len: f.size });
+        batch.pieces.push(Piece {
+            file: i,
+            offset: 0,
+            len: f.size,
+        });
     }
     if !batch.pieces.is_empty() {
         tasks.push(batch);
@@ -317,10 +391,20 @@ mod tests {
     use super::*;
 
     fn file(path: &str, size: u64) -> ListedEntry {
-        ListedEntry { path: path.as_bytes().to_vec(), is_dir: false, size, mtime: 0 }
+        ListedEntry {
+            path: path.as_bytes().to_vec(),
+            is_dir: false,
+            size,
+            mtime: 0,
+        }
     }
     fn dir(path: &str) -> ListedEntry {
-        ListedEntry { path: path.as_bytes().to_vec(), is_dir: true, size: 0, mtime: 0 }
+        ListedEntry {
+            path: path.as_bytes().to_vec(),
+            is_dir: true,
+            size: 0,
+            mtime: 0,
+        }
     }
     fn copied(plan: &Plan) -> Vec<&str> {
         let mut v: Vec<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
@@ -350,12 +434,29 @@ mod tests {
             dir("pg_stat_tmp"),
         ];
         let plan = build(&listing, &[], "PG_15_1", None, 8 << 20).unwrap();
-        assert_eq!(copied(&plan), ["PG_VERSION", "base/5/1259", "global/pg_control", "postgresql.auto.conf"]);
+        assert_eq!(
+            copied(&plan),
+            [
+                "PG_VERSION",
+                "base/5/1259",
+                "global/pg_control",
+                "postgresql.auto.conf"
+            ]
+        );
         assert!(plan.dirs.contains(&"pg_replslot".to_string()));
         assert!(plan.dirs.contains(&"pg_stat_tmp".to_string()));
-        assert_eq!(plan.dirs[0], "base", "parents come before children: {:?}", plan.dirs);
+        assert_eq!(
+            plan.dirs[0], "base",
+            "parents come before children: {:?}",
+            plan.dirs
+        );
         assert_eq!(plan.files[plan.pg_control.unwrap()].path, PG_CONTROL);
-        assert!(plan.tasks.iter().flat_map(|t| &t.pieces).all(|p| Some(p.file) != plan.pg_control));
+        assert!(
+            plan.tasks
+                .iter()
+                .flat_map(|t| &t.pieces)
+                .all(|p| Some(p.file) != plan.pg_control)
+        );
     }
 
     #[test]
@@ -377,7 +478,11 @@ mod tests {
 
     #[test]
     fn tablespaces_keep_only_this_versions_directory() {
-        let ts = Tablespace { oid: 16500, name: "t".into(), location: "/srv/ts".into() };
+        let ts = Tablespace {
+            oid: 16500,
+            name: "t".into(),
+            location: "/srv/ts".into(),
+        };
         let listing = vec![
             dir("pg_tblspc"),
             dir("pg_tblspc/16500"),
@@ -390,8 +495,21 @@ mod tests {
             file("pg_tblspc/16500/PG_14_9/5/1", 100),
         ];
         let plan = build(&listing, &[ts], "PG_15_1", None, 8 << 20).unwrap();
-        assert_eq!(copied(&plan), ["pg_tblspc/16500/PG_15_1/5/16501", "pg_tblspc/16500/PG_15_1/5/16502_init"]);
-        assert_eq!(plan.dirs, ["pg_tblspc", "pg_tblspc/16500/PG_15_1", "pg_tblspc/16500/PG_15_1/5"]);
+        assert_eq!(
+            copied(&plan),
+            [
+                "pg_tblspc/16500/PG_15_1/5/16501",
+                "pg_tblspc/16500/PG_15_1/5/16502_init"
+            ]
+        );
+        assert_eq!(
+            plan.dirs,
+            [
+                "pg_tblspc",
+                "pg_tblspc/16500/PG_15_1",
+                "pg_tblspc/16500/PG_15_1/5"
+            ]
+        );
     }
 
     #[test]
@@ -406,7 +524,10 @@ mod tests {
     fn stdin_selects_files_and_refuses_unknown_ones() {
         let listing = vec![file("a", 1), file("b", 2), file("postmaster.pid", 3)];
         let only = vec!["b".to_string()];
-        assert_eq!(copied(&build(&listing, &[], "x", Some(&only), 100).unwrap()), ["b"]);
+        assert_eq!(
+            copied(&build(&listing, &[], "x", Some(&only), 100).unwrap()),
+            ["b"]
+        );
         let only = vec!["postmaster.pid".to_string()];
         assert!(build(&listing, &[], "x", Some(&only), 100).is_err());
     }
@@ -414,19 +535,47 @@ mod tests {
     #[test]
     fn chunking_covers_every_byte_once_and_splits_big_files() {
         let files = vec![
-            FileEntry { path: "big".into(), size: 25, mtime: 0 },
-            FileEntry { path: "ten".into(), size: 10, mtime: 0 },
-            FileEntry { path: "six".into(), size: 6, mtime: 0 },
-            FileEntry { path: "three".into(), size: 3, mtime: 0 },
-            FileEntry { path: "ctl".into(), size: 8, mtime: 0 },
-            FileEntry { path: "empty".into(), size: 0, mtime: 0 },
+            FileEntry {
+                path: "big".into(),
+                size: 25,
+                mtime: 0,
+            },
+            FileEntry {
+                path: "ten".into(),
+                size: 10,
+                mtime: 0,
+            },
+            FileEntry {
+                path: "six".into(),
+                size: 6,
+                mtime: 0,
+            },
+            FileEntry {
+                path: "three".into(),
+                size: 3,
+                mtime: 0,
+            },
+            FileEntry {
+                path: "ctl".into(),
+                size: 8,
+                mtime: 0,
+            },
+            FileEntry {
+                path: "empty".into(),
+                size: 0,
+                mtime: 0,
+            },
         ];
         let tasks = chunk(&files, Some(4), 10);
         for t in &tasks {
             assert!(t.bytes() <= 10, "{t:?}");
         }
         for (i, f) in files.iter().enumerate() {
-            let mut pieces: Vec<Piece> = tasks.iter().flat_map(|t| t.pieces.clone()).filter(|p| p.file == i).collect();
+            let mut pieces: Vec<Piece> = tasks
+                .iter()
+                .flat_map(|t| t.pieces.clone())
+                .filter(|p| p.file == i)
+                .collect();
             pieces.sort_by_key(|p| p.offset);
             if i == 4 {
                 assert!(pieces.is_empty(), "pg_control must not be a task");
@@ -441,7 +590,13 @@ mod tests {
             assert_eq!(next, f.size);
         }
         // The 25-byte file is split in three; "six" and "three" share one request.
-        assert_eq!(tasks.iter().filter(|t| t.pieces.iter().any(|p| p.file == 0)).count(), 3);
+        assert_eq!(
+            tasks
+                .iter()
+                .filter(|t| t.pieces.iter().any(|p| p.file == 0))
+                .count(),
+            3
+        );
         assert!(tasks.iter().any(|t| t.pieces.len() >= 2));
     }
 

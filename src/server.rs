@@ -23,7 +23,9 @@ pub type Lsn = u64;
 
 /// Parse `X/Y` as PostgreSQL prints a pg_lsn.
 pub fn parse_lsn(s: &str) -> Result<Lsn> {
-    let (hi, lo) = s.split_once('/').with_context(|| format!("invalid LSN {s:?}"))?;
+    let (hi, lo) = s
+        .split_once('/')
+        .with_context(|| format!("invalid LSN {s:?}"))?;
     let hi = u32::from_str_radix(hi.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
     let lo = u32::from_str_radix(lo.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
     Ok((u64::from(hi) << 32) | u64::from(lo))
@@ -36,12 +38,20 @@ pub fn format_lsn(lsn: Lsn) -> String {
 /// Run and log one statement that returns nothing we need.
 fn execute(client: &mut Client, sql: &str) -> Result<()> {
     debug!("SQL: {sql}");
-    client.batch_execute(sql).with_context(|| format!("query failed: {sql}"))
+    client
+        .batch_execute(sql)
+        .with_context(|| format!("query failed: {sql}"))
 }
 
-fn query_one(client: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<postgres::Row> {
+fn query_one(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<postgres::Row> {
     debug!("SQL: {sql}");
-    client.query_one(sql, params).with_context(|| format!("query failed: {sql}"))
+    client
+        .query_one(sql, params)
+        .with_context(|| format!("query failed: {sql}"))
 }
 
 /// What we learn about the server once, on the first connection.
@@ -88,7 +98,11 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
         );
     }
     // data_directory_mode appeared in 11; 10 always uses 0700.
-    let mode_sql = if version_num >= 110000 { "current_setting('data_directory_mode')" } else { "'0700'" };
+    let mode_sql = if version_num >= 110000 {
+        "current_setting('data_directory_mode')"
+    } else {
+        "'0700'"
+    };
     let sql = format!(
         "SELECT pg_is_in_recovery(), i.bytes_per_wal_segment::int8, s.catalog_version_no::int8, \
                 s.system_identifier::text, {mode_sql}, i.data_page_checksum_version::int8, \
@@ -97,14 +111,22 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
     );
     let row = query_one(client, &sql, &[])?;
     let mode_text: String = row.get(4);
-    let data_directory_mode = u32::from_str_radix(mode_text.trim_start_matches('0'), 8).unwrap_or(0o700);
+    let data_directory_mode =
+        u32::from_str_radix(mode_text.trim_start_matches('0'), 8).unwrap_or(0o700);
     Ok(ServerInfo {
         version_num,
         in_recovery: row.get(0),
         wal_segment_size: row.get::<_, i64>(1) as u64,
         catalog_version: row.get::<_, i64>(2) as u32,
-        system_identifier: row.get::<_, String>(3).parse().context("invalid system identifier")?,
-        data_directory_mode: if data_directory_mode == 0o750 { 0o750 } else { 0o700 },
+        system_identifier: row
+            .get::<_, String>(3)
+            .parse()
+            .context("invalid system identifier")?,
+        data_directory_mode: if data_directory_mode == 0o750 {
+            0o750
+        } else {
+            0o700
+        },
         data_checksums: row.get::<_, i64>(5) > 0,
         block_size: row.get::<_, i64>(6) as u32,
         blocks_per_segment: row.get::<_, i64>(7) as u32,
@@ -141,7 +163,9 @@ pub fn slot_obstacle(client: &mut Client) -> Result<Option<String>> {
     } else if wal_level == "minimal" {
         Some("wal_level is minimal".into())
     } else if used >= max_slots {
-        Some(format!("all {max_slots} replication slots are in use (max_replication_slots)"))
+        Some(format!(
+            "all {max_slots} replication slots are in use (max_replication_slots)"
+        ))
     } else {
         None
     })
@@ -168,7 +192,12 @@ pub fn backend_pid(client: &mut Client) -> Result<i32> {
 }
 
 /// Start a non-exclusive backup in this session; returns the start LSN.
-pub fn start_backup(client: &mut Client, info: &ServerInfo, label: &str, fast: bool) -> Result<Lsn> {
+pub fn start_backup(
+    client: &mut Client,
+    info: &ServerInfo,
+    label: &str,
+    fast: bool,
+) -> Result<Lsn> {
     let sql = if info.version_num >= 150000 {
         "SELECT pg_backup_start($1, $2)::text"
     } else {
@@ -198,7 +227,8 @@ pub fn stop_backup(client: &mut Client, info: &ServerInfo) -> Result<BackupStop>
     } else {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
     };
-    let row = query_one(client, sql, &[]).exit_with(Exit::Backup, || "could not stop the backup".into())?;
+    let row = query_one(client, sql, &[])
+        .exit_with(Exit::Backup, || "could not stop the backup".into())?;
     Ok(BackupStop {
         lsn: parse_lsn(&row.get::<_, String>(0))?,
         label_file: row.get(1),
@@ -215,8 +245,9 @@ pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) ->
     }
     let in_backup: bool = query_one(client, "SELECT pg_is_in_backup()", &[])?.get(0);
     if in_backup {
-        query_one(client, "SELECT pg_stop_backup()::text", &[])
-            .exit_with(Exit::Server, || "could not stop the left-over exclusive backup".into())?;
+        query_one(client, "SELECT pg_stop_backup()::text", &[]).exit_with(Exit::Server, || {
+            "could not stop the left-over exclusive backup".into()
+        })?;
     }
     Ok(in_backup)
 }
@@ -281,7 +312,11 @@ fn listed_entry(row: &postgres::Row) -> ListedEntry {
 /// List the data directory recursively in one statement. Directories named
 /// in `skip_names` (at any depth) and `skip_paths` (exact relative paths) are
 /// listed but not entered. Entries that vanish during the walk are left out.
-pub fn list_data_directory(client: &mut Client, skip_names: &[&str], skip_paths: &[&str]) -> Result<Vec<ListedEntry>> {
+pub fn list_data_directory(
+    client: &mut Client,
+    skip_names: &[&str],
+    skip_paths: &[&str],
+) -> Result<Vec<ListedEntry>> {
     let sql = "WITH RECURSIVE tree(path, name, isdir, size, mtime) AS ( \
                  SELECT e.name, e.name, s.isdir, s.size, s.modification \
                    FROM pg_ls_dir('.', true, false) AS e(name), pg_stat_file(e.name, true) AS s \
@@ -306,7 +341,9 @@ pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>
                  FROM pg_ls_dir($1, true, false) AS e(name), pg_stat_file($1 || '/' || e.name, true) AS s \
                 WHERE s.isdir IS NOT NULL";
     debug!("SQL: {sql} [{dir}]");
-    let rows = client.query(sql, &[&dir]).with_context(|| format!("could not list {dir}"))?;
+    let rows = client
+        .query(sql, &[&dir])
+        .with_context(|| format!("could not list {dir}"))?;
     Ok(rows.iter().map(listed_entry).collect())
 }
 
@@ -324,11 +361,17 @@ pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
                 WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid";
     let rows = {
         debug!("SQL: {sql}");
-        client.query(sql, &[]).context("could not list tablespaces")?
+        client
+            .query(sql, &[])
+            .context("could not list tablespaces")?
     };
     Ok(rows
         .iter()
-        .map(|r| Tablespace { oid: r.get::<_, i64>(0) as u32, name: r.get(1), location: r.get(2) })
+        .map(|r| Tablespace {
+            oid: r.get::<_, i64>(0) as u32,
+            name: r.get(1),
+            location: r.get(2),
+        })
         .collect())
 }
 
@@ -344,36 +387,62 @@ pub struct Reader {
 pub type Range<'a> = (&'a str, u64, u64);
 
 impl Reader {
-    pub fn new(mut client: Client, throttle: Option<std::sync::Arc<crate::throttle::Throttle>>) -> Result<Reader> {
+    pub fn new(
+        mut client: Client,
+        throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    ) -> Result<Reader> {
         disable_timeouts(&mut client)?;
         let sql = "SELECT t.n, pg_read_binary_file(t.p, t.o, t.l, true) \
                      FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n)";
         debug!("SQL: PREPARE {sql}");
-        let statement = client.prepare(sql).context("could not prepare the read statement")?;
-        Ok(Reader { client, statement, throttle })
+        let statement = client
+            .prepare(sql)
+            .context("could not prepare the read statement")?;
+        Ok(Reader {
+            client,
+            statement,
+            throttle,
+        })
     }
 
     /// Read `ranges`; `sink(i, bytes)` is called once per range with its
     /// index and the bytes (fewer than asked if the file shrank, `None` if it
     /// vanished). The bytes borrow the protocol buffer: no extra copy.
-    pub fn read(&mut self, ranges: &[Range<'_>], mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>) -> Result<()> {
+    pub fn read(
+        &mut self,
+        ranges: &[Range<'_>],
+        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
         let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
         let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
         let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
         if let Some(t) = &self.throttle {
             t.acquire(ranges.iter().map(|r| r.2).sum());
         }
-        debug!("read {} range(s), first {}@{}+{}", ranges.len(), paths[0], offsets[0], lens[0]);
+        debug!(
+            "read {} range(s), first {}@{}+{}",
+            ranges.len(),
+            paths[0],
+            offsets[0],
+            lens[0]
+        );
         let rows = self
             .client
             .query(&self.statement, &[&paths, &offsets, &lens])
             .with_context(|| format!("could not read {} from the server", paths[0]))?;
         if rows.len() != ranges.len() {
-            anyhow::bail!("asked for {} ranges, the server returned {}", ranges.len(), rows.len());
+            anyhow::bail!(
+                "asked for {} ranges, the server returned {}",
+                ranges.len(),
+                rows.len()
+            );
         }
         for row in &rows {
             let n: i64 = row.get(0);
-            let index = usize::try_from(n - 1).ok().filter(|&i| i < ranges.len()).context("bad range number")?;
+            let index = usize::try_from(n - 1)
+                .ok()
+                .filter(|&i| i < ranges.len())
+                .context("bad range number")?;
             sink(index, row.get::<_, Option<&[u8]>>(1))?;
         }
         Ok(())
@@ -394,9 +463,15 @@ fn required_functions(info: &ServerInfo, with_backup: bool) -> Vec<&'static str>
     ];
     if with_backup {
         if info.version_num >= 150000 {
-            functions.extend(["pg_catalog.pg_backup_start(text, boolean)", "pg_catalog.pg_backup_stop(boolean)"]);
+            functions.extend([
+                "pg_catalog.pg_backup_start(text, boolean)",
+                "pg_catalog.pg_backup_stop(boolean)",
+            ]);
         } else {
-            functions.extend(["pg_catalog.pg_start_backup(text, boolean, boolean)", "pg_catalog.pg_stop_backup(boolean, boolean)"]);
+            functions.extend([
+                "pg_catalog.pg_start_backup(text, boolean, boolean)",
+                "pg_catalog.pg_stop_backup(boolean, boolean)",
+            ]);
         }
     }
     functions
@@ -405,7 +480,11 @@ fn required_functions(info: &ServerInfo, with_backup: bool) -> Vec<&'static str>
 /// Find every privilege the current role lacks for this run, before
 /// anything is done on the server; the error names the GRANTs that fix it.
 pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: bool) -> Result<()> {
-    let row = query_one(client, "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user", &[])?;
+    let row = query_one(
+        client,
+        "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+        &[],
+    )?;
     let (role, superuser): (String, bool) = (row.get(0), row.get(1));
     if superuser {
         return Ok(());
@@ -418,7 +497,8 @@ pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: boo
         );
     }
     let functions = required_functions(info, with_backup);
-    let sql = "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')";
+    let sql =
+        "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')";
     debug!("SQL: {sql}");
     let missing: Vec<String> = client
         .query(sql, &[&functions])
@@ -428,16 +508,76 @@ pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: boo
         .collect();
     if !missing.is_empty() {
         let quoted = quote_ident(&role);
-        let grants: Vec<String> = missing.iter().map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {quoted};")).collect();
-        bail_with!(Exit::Server, "role \"{role}\" lacks privileges for a backup; as a superuser run: {}", grants.join(" "));
+        let grants: Vec<String> = missing
+            .iter()
+            .map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {quoted};"))
+            .collect();
+        bail_with!(
+            Exit::Server,
+            "role \"{role}\" lacks privileges for a backup; as a superuser run: {}",
+            grants.join(" ")
+        );
     }
     Ok(())
 }
 
 /// Quote an identifier as PostgreSQL's quote_ident does.
 pub fn quote_ident(name: &str) -> String {
-    let plain = name.bytes().enumerate().all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
-    if plain && !name.is_empty() { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+    let plain = name
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
+    if plain && !name.is_empty() {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Refuse a run that needs more sessions than the server will give us,
+/// before opening them: a half-opened pool would fail mid-start.
+pub fn check_free_connections(client: &mut Client, needed: u32) -> Result<()> {
+    let sql = "SELECT current_setting('max_connections')::int4, \
+                      current_setting('superuser_reserved_connections')::int4, \
+                      (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4, \
+                      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                      (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), \
+                      (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user)::int4";
+    let row = query_one(client, sql, &[])?;
+    let (max, reserved, used, superuser, role_limit, role_used): (i32, i32, i32, bool, i32, i32) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    let free = if superuser {
+        max - used
+    } else {
+        max - reserved - used
+    };
+    if (free as i64) < needed as i64 {
+        bail_with!(
+            Exit::Server,
+            "this run needs {needed} more connections but the server has {} free (max_connections = {max}, \
+             {used} in use{}); lower -j",
+            free.max(0),
+            if superuser {
+                String::new()
+            } else {
+                format!(", {reserved} reserved for superusers")
+            }
+        );
+    }
+    if role_limit >= 0 && ((role_limit - role_used) as i64) < needed as i64 {
+        bail_with!(
+            Exit::Server,
+            "this run needs {needed} more connections but the role may open only {} more (CONNECTION LIMIT {role_limit}); lower -j",
+            (role_limit - role_used).max(0)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -459,36 +599,4 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("1x"), "\"1x\"");
     }
-}
-
-/// Refuse a run that needs more sessions than the server will give us,
-/// before opening them: a half-opened pool would fail mid-start.
-pub fn check_free_connections(client: &mut Client, needed: u32) -> Result<()> {
-    let sql = "SELECT current_setting('max_connections')::int4, \
-                      current_setting('superuser_reserved_connections')::int4, \
-                      (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4, \
-                      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
-                      (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), \
-                      (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user)::int4";
-    let row = query_one(client, sql, &[])?;
-    let (max, reserved, used, superuser, role_limit, role_used): (i32, i32, i32, bool, i32, i32) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-    let free = if superuser { max - used } else { max - reserved - used };
-    if (free as i64) < needed as i64 {
-        bail_with!(
-            Exit::Server,
-            "this run needs {needed} more connections but the server has {} free (max_connections = {max}, \
-             {used} in use{}); lower -j",
-            free.max(0),
-            if superuser { String::new() } else { format!(", {reserved} reserved for superusers") }
-        );
-    }
-    if role_limit >= 0 && ((role_limit - role_used) as i64) < needed as i64 {
-        bail_with!(
-            Exit::Server,
-            "this run needs {needed} more connections but the role may open only {} more (CONNECTION LIMIT {role_limit}); lower -j",
-            (role_limit - role_used).max(0)
-        );
-    }
-    Ok(())
 }

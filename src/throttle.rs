@@ -18,7 +18,10 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(bytes_per_second: u64) -> Throttle {
-        Throttle { bytes_per_second: bytes_per_second as f64, next_free: Mutex::new(Instant::now()) }
+        Throttle {
+            bytes_per_second: bytes_per_second as f64,
+            next_free: Mutex::new(Instant::now()),
+        }
     }
 
     /// How long the caller must wait before sending `bytes`; reserves them.
@@ -46,7 +49,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
         _ => (s, 1024),
     };
-    let n: f64 = digits.parse().map_err(|_| format!("invalid rate \"{s}\": use kB/s, or a k or M suffix"))?;
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| format!("invalid rate \"{s}\": use kB/s, or a k or M suffix"))?;
     let bytes = (n * unit as f64) as u64;
     // pg_basebackup's bounds: 32 kB/s to 1 GB/s.
     if !(32 * 1024..=1024 * 1024 * 1024).contains(&bytes) {

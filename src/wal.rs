@@ -42,7 +42,9 @@ pub fn parse_segment_name(name: &str, segment_size: u64) -> Option<(u32, u64)> {
 }
 
 fn is_history_file(name: &str) -> bool {
-    name.len() == 16 && name.ends_with(".history") && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 16
+        && name.ends_with(".history")
+        && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Copies WAL of one timeline from a start segment on into DEST/pg_wal.
@@ -62,7 +64,14 @@ pub struct WalFollower<'a> {
 }
 
 impl<'a> WalFollower<'a> {
-    pub fn new(reader: Reader, reconnect: Reconnect<'a>, info: &ServerInfo, timeline: u32, start_lsn: Lsn, chunk_size: u64) -> Self {
+    pub fn new(
+        reader: Reader,
+        reconnect: Reconnect<'a>,
+        info: &ServerInfo,
+        timeline: u32,
+        start_lsn: Lsn,
+        chunk_size: u64,
+    ) -> Self {
         WalFollower {
             reader,
             reconnect,
@@ -89,7 +98,9 @@ impl<'a> WalFollower<'a> {
         loop {
             match self.poll_once(dest) {
                 Ok(flush) => return Ok(flush),
-                Err(e) => replace_lost_session(e, &mut self.reader, &mut attempt, self.reconnect, abort)?,
+                Err(e) => {
+                    replace_lost_session(e, &mut self.reader, &mut attempt, self.reconnect, abort)?
+                }
             }
         }
     }
@@ -99,7 +110,9 @@ impl<'a> WalFollower<'a> {
         let listing = server::list_directory(self.reader.client(), "pg_wal")?;
         let seg_size = self.info.wal_segment_size;
         for entry in listing.iter().filter(|e| !e.is_dir) {
-            let Ok(path) = std::str::from_utf8(&entry.path) else { continue };
+            let Ok(path) = std::str::from_utf8(&entry.path) else {
+                continue;
+            };
             let name = path.trim_start_matches("pg_wal/");
             if is_history_file(name) {
                 if self.history.get(name) != Some(&entry.size) {
@@ -108,7 +121,9 @@ impl<'a> WalFollower<'a> {
                 }
                 continue;
             }
-            let Some((tli, segno)) = parse_segment_name(name, seg_size) else { continue };
+            let Some((tli, segno)) = parse_segment_name(name, seg_size) else {
+                continue;
+            };
             if tli != self.timeline || segno < self.start_segno || segno * seg_size >= flush {
                 continue;
             }
@@ -124,9 +139,18 @@ impl<'a> WalFollower<'a> {
     fn fetch_segment(&mut self, dest: &Dest, segno: u64, from: u64, to: u64) -> Result<()> {
         let name = segment_name(self.timeline, segno, self.info.wal_segment_size);
         debug!("WAL {name}: bytes {from}..{to}");
-        let got = self.fetch(dest, &name, from, to - from, Some(self.info.wal_segment_size))?;
+        let got = self.fetch(
+            dest,
+            &name,
+            from,
+            to - from,
+            Some(self.info.wal_segment_size),
+        )?;
         if got < to - from {
-            bail_with!(Exit::Wal, "WAL segment {name} vanished or shrank on the server while it was copied");
+            bail_with!(
+                Exit::Wal,
+                "WAL segment {name} vanished or shrank on the server while it was copied"
+            );
         }
         self.have.insert(segno, to);
         Ok(())
@@ -134,19 +158,27 @@ impl<'a> WalFollower<'a> {
 
     /// Read `len` bytes at `offset` of pg_wal/`name` into DEST/pg_wal/`name`,
     /// which is made `file_len` long; returns the bytes read.
-    fn fetch(&mut self, dest: &Dest, name: &str, offset: u64, len: u64, file_len: Option<u64>) -> Result<u64> {
+    fn fetch(
+        &mut self,
+        dest: &Dest,
+        name: &str,
+        offset: u64,
+        len: u64,
+        file_len: Option<u64>,
+    ) -> Result<u64> {
         let src = format!("pg_wal/{name}");
         let mut done = 0;
         loop {
             let n = self.chunk_size.min(len - done);
             let mut got = 0;
-            self.reader.read(&[(src.as_str(), offset + done, n)], |_, data| {
-                if let Some(bytes) = data {
-                    dest.write_at(&src, offset + done, bytes, file_len)?;
-                    got = bytes.len() as u64;
-                }
-                Ok(())
-            })?;
+            self.reader
+                .read(&[(src.as_str(), offset + done, n)], |_, data| {
+                    if let Some(bytes) = data {
+                        dest.write_at(&src, offset + done, bytes, file_len)?;
+                        got = bytes.len() as u64;
+                    }
+                    Ok(())
+                })?;
             done += got;
             self.bytes_fetched += got;
             if got < n || done >= len {
@@ -157,13 +189,20 @@ impl<'a> WalFollower<'a> {
     }
 
     /// Poll every `delay` until `abort` is set or `done` says stop.
-    pub fn follow(&mut self, dest: &Dest, delay: Duration, abort: &Abort, done: &std::sync::atomic::AtomicBool) -> Result<()> {
+    pub fn follow(
+        &mut self,
+        dest: &Dest,
+        delay: Duration,
+        abort: &Abort,
+        done: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
         use std::sync::atomic::Ordering;
         while !done.load(Ordering::SeqCst) && !abort.is_set() {
             self.poll(dest, abort)?;
             let deadline = std::time::Instant::now() + delay;
             while std::time::Instant::now() < deadline && !done.load(Ordering::SeqCst) {
-                if abort.sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now())) {
+                if abort.sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now()))
+                {
                     break;
                 }
             }
@@ -174,7 +213,13 @@ impl<'a> WalFollower<'a> {
     /// The final sweep: make sure every segment from the start through the
     /// one holding `end_lsn - 1` is in DEST, complete up to the server's flush
     /// position. On a standby, waits until it has received WAL up to `end_lsn`.
-    pub fn complete_through(&mut self, dest: &Dest, end_lsn: Lsn, delay: Duration, abort: &Abort) -> Result<()> {
+    pub fn complete_through(
+        &mut self,
+        dest: &Dest,
+        end_lsn: Lsn,
+        delay: Duration,
+        abort: &Abort,
+    ) -> Result<()> {
         let seg_size = self.info.wal_segment_size;
         let last = (end_lsn - 1) / seg_size;
         let flush = loop {
@@ -182,7 +227,10 @@ impl<'a> WalFollower<'a> {
             if flush >= end_lsn {
                 break flush;
             }
-            info!("waiting for the server to flush WAL up to {}", server::format_lsn(end_lsn));
+            info!(
+                "waiting for the server to flush WAL up to {}",
+                server::format_lsn(end_lsn)
+            );
             if abort.sleep(delay) {
                 anyhow::bail!("interrupted while waiting for WAL");
             }
@@ -212,9 +260,11 @@ impl<'a> WalFollower<'a> {
     /// Segments held completely, newest last (for the WAL follower mode).
     pub fn complete_segments(&self) -> impl Iterator<Item = u64> + '_ {
         let size = self.info.wal_segment_size;
-        self.have.iter().filter(move |(_, have)| **have == size).map(|(segno, _)| *segno)
+        self.have
+            .iter()
+            .filter(move |(_, have)| **have == size)
+            .map(|(segno, _)| *segno)
     }
-
 }
 #[cfg(test)]
 mod tests {
@@ -225,12 +275,21 @@ mod tests {
         let size = 16 * 1024 * 1024;
         assert_eq!(segment_name(1, 1, size), "000000010000000000000001");
         assert_eq!(segment_name(2, 0x1_23, size), "000000020000000100000023");
-        assert_eq!(parse_segment_name("000000020000000100000023", size), Some((2, 0x123)));
-        assert_eq!(parse_segment_name("000000010000000000000001.partial", size), None);
+        assert_eq!(
+            parse_segment_name("000000020000000100000023", size),
+            Some((2, 0x123))
+        );
+        assert_eq!(
+            parse_segment_name("000000010000000000000001.partial", size),
+            None
+        );
         assert_eq!(parse_segment_name("00000002.history", size), None);
         let big = 1024 * 1024 * 1024;
         assert_eq!(segment_name(1, 5, big), "000000010000000100000001");
-        assert_eq!(parse_segment_name("000000010000000100000001", big), Some((1, 5)));
+        assert_eq!(
+            parse_segment_name("000000010000000100000001", big),
+            Some((1, 5))
+        );
         assert!(is_history_file("00000002.history"));
         assert!(!is_history_file("archive_status"));
     }

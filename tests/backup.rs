@@ -14,12 +14,20 @@ const VERSION: u32 = 15;
 
 fn run(args: &[&str]) -> Output {
     let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!("pg_basebackup {args:?} -> {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "pg_basebackup {args:?} -> {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Sessions of our tool still connected to the source.
@@ -34,23 +42,58 @@ fn backup_under_load(jobs: &str) {
     let dest = scratch.path().join("copy");
     let load = src.pgbench_load(4);
     std::thread::sleep(Duration::from_secs(1));
-    let out = run(&["-j", jobs, "-x", "-c", "fast", "-v", &src.dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-j",
+        jobs,
+        "-x",
+        "-c",
+        "fast",
+        "-v",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     load.stop();
     assert_ok(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pg_ctl -D"), "the last line tells how to start the copy");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pg_ctl -D"),
+        "the last line tells how to start the copy"
+    );
 
     // What the server's own base backup leaves out is not in the copy.
     assert!(!dest.join("postmaster.pid").exists());
     assert!(!dest.join("postmaster.opts").exists());
     assert!(dest.join("backup_label").is_file());
-    for empty in ["pg_replslot", "pg_stat_tmp", "pg_wal/archive_status", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"] {
+    for empty in [
+        "pg_replslot",
+        "pg_stat_tmp",
+        "pg_wal/archive_status",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_subtrans",
+    ] {
         let d = dest.join(empty);
         assert!(d.is_dir(), "{empty} missing");
-        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "{empty} is not empty");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            0,
+            "{empty} is not empty"
+        );
     }
-    assert!(std::fs::read_dir(dest.join("pg_wal")).unwrap().count() > 1, "-x put WAL into pg_wal");
-    assert_eq!(our_sessions(&src), "0", "every session of the tool is closed");
-    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0", "the temporary slot is gone");
+    assert!(
+        std::fs::read_dir(dest.join("pg_wal")).unwrap().count() > 1,
+        "-x put WAL into pg_wal"
+    );
+    assert_eq!(
+        our_sessions(&src),
+        "0",
+        "every session of the tool is closed"
+    );
+    assert_eq!(
+        src.psql("SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "the temporary slot is gone"
+    );
 
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
@@ -75,8 +118,14 @@ fn backup_without_wal_warns_and_needs_an_archive() {
     let dest = scratch.path().join("copy");
     let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
     assert_ok(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WAL archive"), "warns that WAL must come from an archive");
-    let wal: Vec<_> = std::fs::read_dir(dest.join("pg_wal")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WAL archive"),
+        "warns that WAL must come from an archive"
+    );
+    let wal: Vec<_> = std::fs::read_dir(dest.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(wal, ["archive_status"], "no WAL without -x");
     assert!(dest.join("backup_label").is_file() && dest.join("global/pg_control").is_file());
 
@@ -90,7 +139,10 @@ fn backup_without_wal_warns_and_needs_an_archive() {
             std::fs::copy(e.path(), archive.join(e.file_name())).unwrap();
         }
     }
-    let mut conf = std::fs::OpenOptions::new().append(true).open(dest.join("postgresql.auto.conf")).unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dest.join("postgresql.auto.conf"))
+        .unwrap();
     writeln!(conf, "restore_command = 'cp {}/%f %p'", archive.display()).unwrap();
     std::fs::File::create(dest.join("recovery.signal")).unwrap();
     common::chown_postgres(&archive);
@@ -107,9 +159,16 @@ fn existing_dest_is_refused_without_force() {
     std::fs::write(dest.join("precious"), b"keep me").unwrap();
 
     let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(5), "DEST not empty has its own exit code");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "DEST not empty has its own exit code"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not empty") && stderr.lines().count() == 1, "one clear line: {stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.lines().count() == 1,
+        "one clear line: {stderr}"
+    );
     assert_eq!(std::fs::read(dest.join("precious")).unwrap(), b"keep me");
     assert_eq!(our_sessions(&src), "0");
 
@@ -133,13 +192,24 @@ fn failed_backup_leaves_nothing_behind() {
     let dest = scratch.path().join("copy");
     // A -T mapping for a tablespace that does not exist is refused before
     // the backup starts: no DEST, no session, no slot.
-    let out = run(&["-T", "/nowhere=/elsewhere", &src.dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-T",
+        "/nowhere=/elsewhere",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!dest.exists());
     // A refused connection: its own exit code, one line, no DEST.
-    let out = run(&["host=127.0.0.1 port=1 user=postgres", dest.to_str().unwrap()]);
+    let out = run(&[
+        "host=127.0.0.1 port=1 user=postgres",
+        dest.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
     assert!(!dest.exists());
     assert_eq!(our_sessions(&src), "0");
 }
@@ -151,14 +221,25 @@ fn stdin_copies_exactly_the_listed_files() {
     let dest = scratch.path().join("part");
     let relfile = src.psql("CREATE TABLE s AS SELECT generate_series(1, 50000) i; CHECKPOINT; SELECT pg_relation_filepath('s')");
     let mut child = tool()
-        .args(["-S", "--stdin", "-j", "2", &src.dsn(), dest.to_str().unwrap()])
+        .args([
+            "-S",
+            "--stdin",
+            "-j",
+            "2",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     write!(child.stdin.take().unwrap(), "PG_VERSION\n{relfile}\n").unwrap();
     assert!(child.wait().unwrap().success());
     for rel in ["PG_VERSION", relfile.as_str()] {
-        assert_eq!(std::fs::read(dest.join(rel)).unwrap(), std::fs::read(src.data.join(rel)).unwrap(), "{rel} differs");
+        assert_eq!(
+            std::fs::read(dest.join(rel)).unwrap(),
+            std::fs::read(src.data.join(rel)).unwrap(),
+            "{rel} differs"
+        );
     }
     let mut files = Vec::new();
     collect_files(&dest, &dest, &mut files);
@@ -184,7 +265,13 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
         if e.file_type().unwrap().is_dir() {
             collect_files(root, &e.path(), out);
         } else {
-            out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            out.push(
+                e.path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
 }
@@ -195,7 +282,15 @@ fn wal_follower_copies_wal_until_terminate() {
     let scratch = scratch_dir();
     let dest = scratch.path().join("standby");
     let mut child = tool()
-        .args(["-S", "-x", "-D", "0.2", "-v", &src.dsn(), dest.to_str().unwrap()])
+        .args([
+            "-S",
+            "-x",
+            "-D",
+            "0.2",
+            "-v",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -215,14 +310,24 @@ fn wal_follower_copies_wal_until_terminate() {
         std::fs::read(wal.join(name)).ok() == std::fs::read(src.data.join("pg_wal").join(name)).ok()
     };
     while !switched.iter().all(|n| complete(n)) {
-        assert!(Instant::now() < deadline, "the follower did not copy {switched:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not copy {switched:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     writeln!(stdin, "terminate").unwrap();
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(5), "stops promptly on terminate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stops promptly on terminate"
+    );
     assert_eq!(our_sessions(&src), "0");
     assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
 }

@@ -10,7 +10,11 @@ use common::{Cluster, chown_postgres, scratch_dir, tool};
 
 fn run(args: &[&str]) -> Output {
     let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!("pg_basebackup {args:?} -> {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "pg_basebackup {args:?} -> {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -21,29 +25,58 @@ fn tablespace_is_copied_to_its_mapped_directory() {
     let live_ts = scratch.path().join("ts");
     std::fs::create_dir(&live_ts).unwrap();
     chown_postgres(&live_ts);
-    src.psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", live_ts.display()));
+    src.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        live_ts.display()
+    ));
     src.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT generate_series(1, 12345) AS i");
     let dest = scratch.path().join("copy");
 
     // Unmapped, the copy would go into the live tablespace: refused first.
     let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(5));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-T"), "the error says how to relocate it");
-    assert!(!dest.exists(), "nothing is created when the backup is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-T"),
+        "the error says how to relocate it"
+    );
+    assert!(
+        !dest.exists(),
+        "nothing is created when the backup is refused"
+    );
 
     let copy_ts = scratch.path().join("ts-copy");
     let mapping = format!("{}={}", live_ts.display(), copy_ts.display());
-    let out = run(&["-j", "2", "-x", "-c", "fast", "-T", &mapping, &src.dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-T",
+        &mapping,
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let oid = src.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
-    assert_eq!(std::fs::read_link(dest.join("pg_tblspc").join(&oid)).unwrap(), copy_ts);
-    assert!(std::fs::read_to_string(dest.join("tablespace_map")).unwrap().contains(&copy_ts.display().to_string()));
+    assert_eq!(
+        std::fs::read_link(dest.join("pg_tblspc").join(&oid)).unwrap(),
+        copy_ts
+    );
+    assert!(
+        std::fs::read_to_string(dest.join("tablespace_map"))
+            .unwrap()
+            .contains(&copy_ts.display().to_string())
+    );
     chown_postgres(&copy_ts);
     drop(src); // the copy must not lean on the live tablespace
     std::fs::remove_dir_all(&live_ts).unwrap();
     let copy = Cluster::start_on_copy(&dest, 15);
     assert_eq!(copy.psql("SELECT count(*) FROM in_ts"), "12345");
-    assert_eq!(copy.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"), copy_ts.display().to_string());
+    assert_eq!(
+        copy.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),
+        copy_ts.display().to_string()
+    );
 }
 
 #[test]
@@ -54,19 +87,45 @@ fn unlogged_tables_come_back_empty_and_big_files_are_reassembled() {
     let big = src.psql("SELECT pg_relation_filepath('big')");
     let unlogged = src.psql("SELECT pg_relation_filepath('scratchpad')");
     let source_bytes = std::fs::read(src.data.join(&big)).unwrap();
-    assert!(source_bytes.len() > 6 * 65536, "the table spans many chunks");
+    assert!(
+        source_bytes.len() > 6 * 65536,
+        "the table spans many chunks"
+    );
 
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let out = run(&["-j", "4", "-x", "-c", "fast", "--chunk-size", "64k", &src.dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-j",
+        "4",
+        "-x",
+        "-c",
+        "fast",
+        "--chunk-size",
+        "64k",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert_eq!(std::fs::read(dest.join(&big)).unwrap(), source_bytes, "chunks reassembled exactly");
-    assert!(!dest.join(&unlogged).exists(), "an unlogged table's main fork is not copied");
-    assert!(dest.join(format!("{unlogged}_init")).exists(), "its init fork is");
+    assert_eq!(
+        std::fs::read(dest.join(&big)).unwrap(),
+        source_bytes,
+        "chunks reassembled exactly"
+    );
+    assert!(
+        !dest.join(&unlogged).exists(),
+        "an unlogged table's main fork is not copied"
+    );
+    assert!(
+        dest.join(format!("{unlogged}_init")).exists(),
+        "its init fork is"
+    );
 
     let copy = Cluster::start_on_copy(&dest, 15);
     assert_eq!(copy.psql("SELECT count(*) FROM scratchpad"), "0");
-    assert_eq!(copy.psql("SELECT count(*), sum(i) FROM big"), "100000|5000050000");
+    assert_eq!(
+        copy.psql("SELECT count(*), sum(i) FROM big"),
+        "100000|5000050000"
+    );
 }
 
 #[test]
@@ -78,16 +137,33 @@ fn tables_dropped_during_the_backup_do_not_fail_it() {
     let dest = scratch.path().join("copy");
     // A slow transfer (-r) keeps the copy running while the tables go.
     let child = tool()
-        .args(["-j", "2", "-x", "-c", "fast", "-r", "2M", &src.dsn(), dest.to_str().unwrap()])
+        .args([
+            "-j",
+            "2",
+            "-x",
+            "-c",
+            "fast",
+            "-r",
+            "2M",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     src.psql("DO $$ BEGIN FOR n IN 1..40 LOOP EXECUTE format('DROP TABLE drop_me_%s', n); END LOOP; END $$; CHECKPOINT");
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let copy = Cluster::start_on_copy(&dest, 15);
-    assert_eq!(copy.psql("SELECT count(*) FROM pg_class WHERE relname LIKE 'drop_me_%'"), "0");
+    assert_eq!(
+        copy.psql("SELECT count(*) FROM pg_class WHERE relname LIKE 'drop_me_%'"),
+        "0"
+    );
     assert_eq!(copy.psql("SELECT count(*) FROM keep"), "777");
 }
 
@@ -95,19 +171,45 @@ fn tables_dropped_during_the_backup_do_not_fail_it() {
 fn awkward_database_and_relation_names_survive() {
     let src = Cluster::start(15);
     src.psql("CREATE DATABASE \"my db ü\"");
-    let dsn = format!("{} dbname='my db ü'", src.dsn().replace(" dbname=postgres", ""));
+    let dsn = format!(
+        "{} dbname='my db ü'",
+        src.dsn().replace(" dbname=postgres", "")
+    );
     let out = std::process::Command::new(common::client_bin("psql"))
-        .args(["-XAtq", "-v", "ON_ERROR_STOP=1", &dsn, "-c", "CREATE TABLE \"tä ble\" AS SELECT generate_series(1, 42) AS \"c o l\""])
+        .args([
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &dsn,
+            "-c",
+            "CREATE TABLE \"tä ble\" AS SELECT generate_series(1, 42) AS \"c o l\"",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     // Connect to the awkwardly named database itself.
-    assert!(run(&["-x", "-c", "fast", &dsn, dest.to_str().unwrap()]).status.success());
+    assert!(
+        run(&["-x", "-c", "fast", &dsn, dest.to_str().unwrap()])
+            .status
+            .success()
+    );
     let copy = Cluster::start_on_copy(&dest, 15);
     let out = std::process::Command::new(common::client_bin("psql"))
-        .args(["-XAtq", &format!("{} dbname='my db ü'", copy.dsn().replace(" dbname=postgres", "")), "-c", "SELECT sum(\"c o l\") FROM \"tä ble\""])
+        .args([
+            "-XAtq",
+            &format!(
+                "{} dbname='my db ü'",
+                copy.dsn().replace(" dbname=postgres", "")
+            ),
+            "-c",
+            "SELECT sum(\"c o l\") FROM \"tä ble\"",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "903");
@@ -133,13 +235,32 @@ fn a_role_with_minimal_grants_backs_up_and_one_without_is_told_what_to_grant() {
     let out = run(&["-x", "-c", "fast", &dsn("nobody"), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO nobody;"), "{stderr}");
-    assert!(stderr.contains("pg_catalog.pg_backup_start(text, boolean)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO nobody;"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pg_catalog.pg_backup_start(text, boolean)"),
+        "{stderr}"
+    );
     assert!(!dest.exists(), "DEST untouched when the preflight fails");
 
-    let out = run(&["-j", "2", "-x", "-c", "fast", &dsn("backup_role"), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        &dsn("backup_role"),
+        dest.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("no replication slot"), "REPLICATION allows the slot");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("no replication slot"),
+        "REPLICATION allows the slot"
+    );
     let copy = Cluster::start_on_copy(&dest, 15);
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "100");
 }

@@ -10,12 +10,21 @@ use common::{Cluster, scratch_dir, tool};
 
 fn run(args: &[&str]) -> Output {
     let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!("pg_basebackup {args:?} -> {:?}\n{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "pg_basebackup {args:?} -> {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn spawn(args: &[&str]) -> Child {
-    tool().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    tool()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// The server is clean: none of our sessions, no slot (sessions end
@@ -30,7 +39,10 @@ fn assert_server_clean(c: &Cluster) {
         if left == "0 0" {
             return;
         }
-        assert!(Instant::now() < deadline, "sessions and slots left on the server: {left}");
+        assert!(
+            Instant::now() < deadline,
+            "sessions and slots left on the server: {left}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -53,7 +65,10 @@ fn wait_for_session(c: &Cluster, application_name: &str, query_like: &str) -> St
         if !pid.is_empty() {
             return pid;
         }
-        assert!(Instant::now() < deadline, "no active {application_name} session appeared");
+        assert!(
+            Instant::now() < deadline,
+            "no active {application_name} session appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -64,14 +79,30 @@ fn a_lost_worker_session_is_retried_and_the_backup_restores() {
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let load = src.pgbench_load(2);
-    let child = spawn(&["-j", "2", "-x", "-c", "fast", "-r", "8M", &src.dsn(), dest.to_str().unwrap()]);
+    let child = spawn(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-r",
+        "8M",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
-    assert_eq!(src.psql(&format!("SELECT pg_terminate_backend({pid})")), "t");
+    assert_eq!(
+        src.psql(&format!("SELECT pg_terminate_backend({pid})")),
+        "t"
+    );
     let out = child.wait_with_output().unwrap();
     load.stop();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("retrying on a new session"), "the lost request was retried: {stderr}");
+    assert!(
+        stderr.contains("retrying on a new session"),
+        "the lost request was retried: {stderr}"
+    );
     assert_server_clean(&src);
     Cluster::start_on_copy(&dest, 15).assert_pgbench_consistent();
 }
@@ -81,13 +112,33 @@ fn a_lost_control_session_aborts_cleanly() {
     let src = loaded_cluster();
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let child = spawn(&["-j", "2", "-x", "-c", "fast", "-r", "8M", &src.dsn(), dest.to_str().unwrap()]);
+    let child = spawn(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-r",
+        "8M",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
-    let control = src.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_basebackup'");
+    let control =
+        src.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_basebackup'");
     src.psql(&format!("SELECT pg_terminate_backend({control})"));
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "one line");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1,
+        "one line"
+    );
     assert!(!dest.exists(), "the partial copy is removed");
     assert_server_clean(&src);
 }
@@ -96,12 +147,32 @@ fn interrupt_with(signal: &str) {
     let src = loaded_cluster();
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let child = spawn(&["-j", "2", "-x", "-c", "fast", "-r", "4M", &src.dsn(), dest.to_str().unwrap()]);
+    let child = spawn(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-r",
+        "4M",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
     let sent = Instant::now();
-    assert!(std::process::Command::new("kill").args(["-s", signal, &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
-    assert!(sent.elapsed() < Duration::from_secs(2), "stopped within 2 s, took {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "stopped within 2 s, took {:?}",
+        sent.elapsed()
+    );
     assert_eq!(out.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(!dest.exists(), "the partial copy is removed");
@@ -123,13 +194,29 @@ fn keep_partial_copy_with_no_clean() {
     let src = loaded_cluster();
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let child = spawn(&["-n", "-j", "2", "-c", "fast", "-r", "4M", &src.dsn(), dest.to_str().unwrap()]);
+    let child = spawn(&[
+        "-n",
+        "-j",
+        "2",
+        "-c",
+        "fast",
+        "-r",
+        "4M",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
     wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
-    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(dest.exists(), "-n keeps the partial copy");
-    assert!(!dest.join("backup_label").exists() && !dest.join("global/pg_control").exists(), "and it cannot start");
+    assert!(
+        !dest.join("backup_label").exists() && !dest.join("global/pg_control").exists(),
+        "and it cannot start"
+    );
 }
 
 #[test]
@@ -143,29 +230,76 @@ fn bad_input_gets_one_line_and_its_exit_code() {
     std::fs::write(&file, b"x").unwrap();
     let inside = src.data.join("base/copy");
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (vec!["host=/tmp port='unterminated".into(), d.into()], 2, "malformed DSN"),
+        (
+            vec!["host=/tmp port='unterminated".into(), d.into()],
+            2,
+            "malformed DSN",
+        ),
         (vec!["bogus_key=1".into(), d.into()], 2, "unknown key"),
-        (vec!["host=no-such-host.invalid user=postgres".into(), d.into()], 3, "unknown host"),
-        (vec!["host=127.0.0.1 port=1 user=postgres".into(), d.into()], 3, "refused connection"),
-        (vec![dsn.replace("dbname=postgres", "dbname=nosuchdb"), d.into()], 3, "database does not exist"),
-        (vec!["-j".into(), "0".into(), dsn.clone(), d.into()], 2, "-j 0"),
-        (vec!["-j".into(), "500".into(), dsn.clone(), d.into()], 4, "-j beyond max_connections"),
-        (vec!["-D".into(), "0".into(), dsn.clone(), d.into()], 2, "-D 0"),
-        (vec!["-D".into(), "-2".into(), dsn.clone(), d.into()], 2, "-D negative"),
-        (vec![dsn.clone(), file.to_str().unwrap().into()], 5, "DEST is a file"),
-        (vec![dsn.clone(), inside.to_str().unwrap().into()], 5, "DEST inside the live data directory"),
+        (
+            vec!["host=no-such-host.invalid user=postgres".into(), d.into()],
+            3,
+            "unknown host",
+        ),
+        (
+            vec!["host=127.0.0.1 port=1 user=postgres".into(), d.into()],
+            3,
+            "refused connection",
+        ),
+        (
+            vec![dsn.replace("dbname=postgres", "dbname=nosuchdb"), d.into()],
+            3,
+            "database does not exist",
+        ),
+        (
+            vec!["-j".into(), "0".into(), dsn.clone(), d.into()],
+            2,
+            "-j 0",
+        ),
+        (
+            vec!["-j".into(), "500".into(), dsn.clone(), d.into()],
+            4,
+            "-j beyond max_connections",
+        ),
+        (
+            vec!["-D".into(), "0".into(), dsn.clone(), d.into()],
+            2,
+            "-D 0",
+        ),
+        (
+            vec!["-D".into(), "-2".into(), dsn.clone(), d.into()],
+            2,
+            "-D negative",
+        ),
+        (
+            vec![dsn.clone(), file.to_str().unwrap().into()],
+            5,
+            "DEST is a file",
+        ),
+        (
+            vec![dsn.clone(), inside.to_str().unwrap().into()],
+            5,
+            "DEST inside the live data directory",
+        ),
     ];
     for (args, code, what) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: one line, got {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{what}: one line, got {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
         assert!(!dest.exists(), "{what}: DEST created");
     }
     let err = String::from_utf8_lossy(&run(&["-j", "500", &dsn, d]).stderr).into_owned();
-    assert!(err.contains("max_connections = 60"), "the limit is named: {err}");
+    assert!(
+        err.contains("max_connections = 60"),
+        "the limit is named: {err}"
+    );
     assert_server_clean(&src);
 }
 
@@ -176,12 +310,20 @@ fn no_password_is_ever_printed() {
     // Password authentication for this role over TCP, ahead of initdb's trust lines.
     let hba = src.data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{old}")).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
     src.psql("SELECT pg_reload_conf()");
     let scratch = scratch_dir();
     let tcp = format!("host=127.0.0.1 port={} dbname=postgres", src.port);
     let pgpass = scratch.path().join("pgpass");
-    std::fs::write(&pgpass, format!("127.0.0.1:{}:*:pwuser:Sekr1t-pw\n", src.port)).unwrap();
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:{}:*:pwuser:Sekr1t-pw\n", src.port),
+    )
+    .unwrap();
     std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     let mut outputs = Vec::new();
@@ -190,7 +332,10 @@ fn no_password_is_ever_printed() {
         let mut cmd = tool();
         let dsn = match *how {
             "dsn" => format!("{tcp} user=pwuser password=Sekr1t-pw"),
-            "uri" => format!("postgresql://pwuser:Sekr1t-pw@127.0.0.1:{}/postgres", src.port),
+            "uri" => format!(
+                "postgresql://pwuser:Sekr1t-pw@127.0.0.1:{}/postgres",
+                src.port
+            ),
             "env" => {
                 cmd.env("PGPASSWORD", "Sekr1t-pw");
                 format!("{tcp} user=pwuser")
@@ -201,21 +346,51 @@ fn no_password_is_ever_printed() {
             }
             _ => format!("{tcp} user=pwuser password=Sekr1t-pw-wrong"),
         };
-        let out = cmd.args(["-d", "-v", "-x", "-c", "fast", "-R", &dsn, dest.to_str().unwrap()]).output().unwrap();
+        let out = cmd
+            .args([
+                "-d",
+                "-v",
+                "-x",
+                "-c",
+                "fast",
+                "-R",
+                &dsn,
+                dest.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
         if *how == "wrong" {
             assert_eq!(out.status.code(), Some(3), "wrong password");
         } else {
-            assert!(out.status.success(), "{how}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{how}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         outputs.push((how.to_string(), out));
         // -R may write the password into the copy only when the DSN held it.
         let auto = std::fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap_or_default();
-        assert_eq!(auto.contains("Sekr1t-pw"), matches!(*how, "dsn" | "uri"), "{how}: primary_conninfo");
+        assert_eq!(
+            auto.contains("Sekr1t-pw"),
+            matches!(*how, "dsn" | "uri"),
+            "{how}: primary_conninfo"
+        );
     }
     for (how, out) in outputs {
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("SQL:") || how == "wrong", "-d shows SQL ({how})");
-        assert!(!text.contains("Sekr1t"), "{how}: the password appeared in the output:\n{text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("SQL:") || how == "wrong",
+            "-d shows SQL ({how})"
+        );
+        assert!(
+            !text.contains("Sekr1t"),
+            "{how}: the password appeared in the output:\n{text}"
+        );
     }
 }
 
@@ -228,7 +403,17 @@ fn soak_ten_backups_in_a_row_under_writes() {
     for i in 0..10 {
         let dest = scratch.path().join(format!("copy{i}"));
         let jobs = ["1", "2", "4"][i % 3];
-        let out = run(&["-j", jobs, "-x", "-c", "fast", "-D", "0.5", &src.dsn(), dest.to_str().unwrap()]);
+        let out = run(&[
+            "-j",
+            jobs,
+            "-x",
+            "-c",
+            "fast",
+            "-D",
+            "0.5",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "backup {i}");
         let copy = Cluster::start_on_copy(&dest, 15);
         copy.assert_pgbench_consistent();
@@ -253,8 +438,15 @@ fn the_wal_follower_stops_on_sigterm() {
         .unwrap();
     wait_for_session(&src, "pg_basebackup wal", "%");
     let _keep_stdin_open = child.stdin.take().unwrap();
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "a requested stop is a success: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "a requested stop is a success: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_server_clean(&src);
 }

@@ -31,9 +31,14 @@ pub fn bin_dir(major: u32) -> PathBuf {
     if debian.join("initdb").exists() {
         return debian;
     }
-    let cache = std::env::var("PG_CACHE").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".pg-cache"));
+    let cache = std::env::var("PG_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".pg-cache"));
     let dir = cache.join(major.to_string()).join("bin");
-    assert!(dir.join("initdb").exists(), "PostgreSQL {major} binaries missing: run scripts/fetch-postgres {major}");
+    assert!(
+        dir.join("initdb").exists(),
+        "PostgreSQL {major} binaries missing: run scripts/fetch-postgres {major}"
+    );
     dir
 }
 
@@ -48,7 +53,10 @@ pub fn available_majors() -> Vec<u32> {
     let wanted: Vec<u32> = std::env::var("PG_TEST_VERSIONS")
         .map(|v| v.split([' ', ',']).filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|_| (10..=18).collect());
-    wanted.into_iter().filter(|m| std::panic::catch_unwind(|| bin_dir(*m)).is_ok()).collect()
+    wanted
+        .into_iter()
+        .filter(|m| std::panic::catch_unwind(|| bin_dir(*m)).is_ok())
+        .collect()
 }
 
 /// A command run as the server's OS user when we are root.
@@ -65,20 +73,33 @@ fn as_postgres(program: &Path) -> Command {
 /// Hand a path (recursively) to the server's OS user when we are root.
 pub fn chown_postgres(path: &Path) {
     if is_root() {
-        let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().unwrap().success();
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "chown {}", path.display());
     }
 }
 
 fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A temporary directory the server user can traverse (0755).
 pub fn scratch_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("pgbb-test-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pgbb-test-")
+        .tempdir()
+        .unwrap();
     set_mode(dir.path(), 0o755);
     dir
 }
@@ -89,7 +110,11 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct ClusterOptions {
@@ -100,7 +125,11 @@ pub struct ClusterOptions {
 
 impl ClusterOptions {
     pub fn new(version: u32) -> Self {
-        ClusterOptions { version, data_checksums: false, conf: Vec::new() }
+        ClusterOptions {
+            version,
+            data_checksums: false,
+            conf: Vec::new(),
+        }
     }
     pub fn data_checksums(mut self) -> Self {
         self.data_checksums = true;
@@ -139,7 +168,16 @@ impl Cluster {
         std::fs::create_dir(&socket_dir).unwrap();
         chown_postgres(dir.path());
         let mut initdb = as_postgres(&bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         if opts.data_checksums {
             initdb.arg("--data-checksums");
         }
@@ -152,12 +190,24 @@ impl Cluster {
             conf.push_str(c);
             conf.push('\n');
         }
-        std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(conf.as_bytes())
-        }).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(conf.as_bytes())
+            })
+            .unwrap();
         let log = dir.path().join("server.log");
-        let mut cluster = Cluster { version: opts.version, port: 0, data, socket_dir, log, bin, _dir: Some(dir) };
+        let mut cluster = Cluster {
+            version: opts.version,
+            port: 0,
+            data,
+            socket_dir,
+            log,
+            bin,
+            _dir: Some(dir),
+        };
         cluster.start_server();
         cluster
     }
@@ -168,8 +218,14 @@ impl Cluster {
             self.port = free_port();
             let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
             let status = as_postgres(&self.bin.join("pg_ctl"))
-                .arg("-D").arg(&self.data).arg("-l").arg(&self.log).args(["-w", "-t", "120", "-o", &opts, "start"])
-                .stdout(Stdio::null()).status().unwrap();
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "120", "-o", &opts, "start"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
             if status.success() {
                 self.wait_ready();
                 return;
@@ -187,7 +243,11 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "server never became ready:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "server never became ready:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -198,29 +258,58 @@ impl Cluster {
         chown_postgres(dest);
         set_mode(dest, 0o700);
         // Socket and log beside the copy, in a directory the server user owns.
-        let run_dir = dest.parent().unwrap().join(format!("{}-run", dest.file_name().unwrap().to_string_lossy()));
+        let run_dir = dest.parent().unwrap().join(format!(
+            "{}-run",
+            dest.file_name().unwrap().to_string_lossy()
+        ));
         let socket_dir = run_dir.join("sock");
         std::fs::create_dir_all(&socket_dir).unwrap();
         chown_postgres(&run_dir);
         let log = run_dir.join("server.log");
-        let mut cluster = Cluster { version, port: 0, data: dest.to_path_buf(), socket_dir, log, bin: bin_dir(version), _dir: None };
+        let mut cluster = Cluster {
+            version,
+            port: 0,
+            data: dest.to_path_buf(),
+            socket_dir,
+            log,
+            bin: bin_dir(version),
+            _dir: None,
+        };
         cluster.start_server();
         cluster
     }
 
     pub fn dsn(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     pub fn tcp_dsn(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(client_bin("psql"))
-            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h"]).arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
-            .output().unwrap();
+            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
@@ -229,23 +318,35 @@ impl Cluster {
     }
 
     pub fn psql(&self, sql: &str) -> String {
-        self.try_psql(sql).unwrap_or_else(|e| panic!("psql {sql:?} failed: {e}"))
+        self.try_psql(sql)
+            .unwrap_or_else(|e| panic!("psql {sql:?} failed: {e}"))
     }
 
     fn pgbench(&self) -> Command {
         let mut c = Command::new(client_bin("pgbench"));
-        c.arg("-h").arg(&self.socket_dir).args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        c.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
         c
     }
 
     pub fn pgbench_init(&self, scale: u32) {
-        run_ok(self.pgbench().args(["-i", "-q", "-s", &scale.to_string(), "postgres"]), "pgbench -i");
+        run_ok(
+            self.pgbench()
+                .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]),
+            "pgbench -i",
+        );
     }
 
     /// pgbench writing in the background until stopped (or dropped).
     pub fn pgbench_load(&self, clients: u32) -> PgbenchLoad {
-        let child = self.pgbench().args(["-n", "-c", &clients.to_string(), "-T", "600", "postgres"])
-            .stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = self
+            .pgbench()
+            .args(["-n", "-c", &clients.to_string(), "-T", "600", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         PgbenchLoad(Some(child))
     }
 
@@ -258,10 +359,22 @@ impl Cluster {
                     (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
         );
         let v: Vec<&str> = sums.split(' ').collect();
-        assert!(v.iter().all(|x| *x == v[0]), "pgbench balances disagree (accounts tellers branches history): {sums}");
-        let scale: i64 = self.psql("SELECT count(*) FROM pgbench_branches").parse().unwrap();
-        assert_eq!(self.psql("SELECT count(*) FROM pgbench_tellers"), (scale * 10).to_string());
-        assert_eq!(self.psql("SELECT count(*) FROM pgbench_accounts"), (scale * 100000).to_string());
+        assert!(
+            v.iter().all(|x| *x == v[0]),
+            "pgbench balances disagree (accounts tellers branches history): {sums}"
+        );
+        let scale: i64 = self
+            .psql("SELECT count(*) FROM pgbench_branches")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            self.psql("SELECT count(*) FROM pgbench_tellers"),
+            (scale * 10).to_string()
+        );
+        assert_eq!(
+            self.psql("SELECT count(*) FROM pgbench_accounts"),
+            (scale * 100000).to_string()
+        );
     }
 
     pub fn log_tail(&self) -> String {
@@ -274,15 +387,27 @@ impl Cluster {
     pub fn restart(&self) {
         let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
         let ok = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D").arg(&self.data).arg("-l").arg(&self.log).args(["-w", "-t", "120", "-o", &opts, "start"])
-            .stdout(Stdio::null()).status().unwrap().success();
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "restart failed:\n{}", self.log_tail());
         self.wait_ready();
     }
 
     pub fn stop(&self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

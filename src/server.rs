@@ -133,7 +133,9 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
     })
 }
 
-/// Turn off every timeout that could end a long, mostly idle session.
+/// Turn off every timeout that could end a long, mostly idle session, and
+/// JIT: the listing query's row estimate is huge, and compiling it costs
+/// more than running it.
 /// `idle_session_timeout` exists only on 14+, so pick the names from
 /// pg_settings instead of SETting them blindly (an unknown name is an ERROR).
 pub fn disable_timeouts(client: &mut Client) -> Result<()> {
@@ -141,7 +143,7 @@ pub fn disable_timeouts(client: &mut Client) -> Result<()> {
         client,
         "SELECT set_config(name, '0', false) FROM pg_settings \
           WHERE name IN ('statement_timeout', 'lock_timeout', \
-                         'idle_in_transaction_session_timeout', 'idle_session_timeout')",
+                         'idle_in_transaction_session_timeout', 'idle_session_timeout', 'jit')",
     )
 }
 

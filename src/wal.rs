@@ -57,6 +57,9 @@ pub struct WalFollower<'a> {
     chunk_size: u64,
     /// For each segment we hold: how many of its bytes are final in DEST.
     have: BTreeMap<u64, u64>,
+    /// Set by the final sweep: WAL at or past the backup's stop LSN is not
+    /// needed and never fetched.
+    end: Option<Lsn>,
     /// History files copied, with their size.
     history: BTreeMap<String, u64>,
     /// Bytes read from the server, for the summary.
@@ -80,6 +83,7 @@ impl<'a> WalFollower<'a> {
             start_segno: start_lsn / info.wal_segment_size,
             chunk_size,
             have: BTreeMap::new(),
+            end: None,
             history: BTreeMap::new(),
             bytes_fetched: 0,
         }
@@ -107,6 +111,7 @@ impl<'a> WalFollower<'a> {
 
     fn poll_once(&mut self, dest: &Dest) -> Result<Lsn> {
         let flush = server::wal_flush_lsn(self.reader.client(), &self.info)?;
+        let upto = self.end.map_or(flush, |end| end.min(flush));
         let listing = server::list_directory(self.reader.client(), "pg_wal")?;
         let seg_size = self.info.wal_segment_size;
         for entry in listing.iter().filter(|e| !e.is_dir) {
@@ -124,10 +129,10 @@ impl<'a> WalFollower<'a> {
             let Some((tli, segno)) = parse_segment_name(name, seg_size) else {
                 continue;
             };
-            if tli != self.timeline || segno < self.start_segno || segno * seg_size >= flush {
+            if tli != self.timeline || segno < self.start_segno || segno * seg_size >= upto {
                 continue;
             }
-            let want = seg_size.min(flush - segno * seg_size);
+            let want = seg_size.min(upto - segno * seg_size);
             let have = self.have.get(&segno).copied().unwrap_or(0);
             if want > have {
                 self.fetch_segment(dest, segno, have, want)?;
@@ -210,9 +215,9 @@ impl<'a> WalFollower<'a> {
         Ok(())
     }
 
-    /// The final sweep: make sure every segment from the start through the
-    /// one holding `end_lsn - 1` is in DEST, complete up to the server's flush
-    /// position. On a standby, waits until it has received WAL up to `end_lsn`.
+    /// The final sweep: make sure every byte of WAL from the start segment up
+    /// to `end_lsn` is in DEST (the rest of the last segment stays zero, as
+    /// after a WAL switch). On a standby, waits until it has received WAL up to `end_lsn`.
     pub fn complete_through(
         &mut self,
         dest: &Dest,
@@ -222,10 +227,10 @@ impl<'a> WalFollower<'a> {
     ) -> Result<()> {
         let seg_size = self.info.wal_segment_size;
         let last = (end_lsn - 1) / seg_size;
-        let flush = loop {
-            let flush = self.poll(dest, abort)?;
-            if flush >= end_lsn {
-                break flush;
+        self.end = Some(end_lsn);
+        loop {
+            if self.poll(dest, abort)? >= end_lsn {
+                break;
             }
             info!(
                 "waiting for the server to flush WAL up to {}",
@@ -234,9 +239,9 @@ impl<'a> WalFollower<'a> {
             if abort.sleep(delay) {
                 anyhow::bail!("interrupted while waiting for WAL");
             }
-        };
+        }
         for segno in self.start_segno..=last {
-            let want = seg_size.min(flush - segno * seg_size);
+            let want = seg_size.min(end_lsn - segno * seg_size);
             let have = self.have.get(&segno).copied().unwrap_or(0);
             if have < want {
                 // poll() skipped it because it was not listed: it is gone.

@@ -14,23 +14,36 @@ use common::{Cluster, bin_dir, scratch_dir, tool};
 /// version 1 (13-16) and only PostgreSQL 15's WAL format.
 fn verify_manifest(major: u32, dest: &std::path::Path) {
     if major < 13 {
-        assert!(!dest.join("backup_manifest").exists(), "no manifest before 13");
+        assert!(
+            !dest.join("backup_manifest").exists(),
+            "no manifest before 13"
+        );
         return;
     }
     let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
     let expected_version = if major >= 17 { 2 } else { 1 };
-    assert!(manifest.starts_with(&format!("{{ \"PostgreSQL-Backup-Manifest-Version\": {expected_version},")));
+    assert!(manifest.starts_with(&format!(
+        "{{ \"PostgreSQL-Backup-Manifest-Version\": {expected_version},"
+    )));
     if major >= 17 {
-        eprintln!("note: no pg_verifybackup {major} on this machine (only 15): manifest v2 checked for its header only");
+        eprintln!(
+            "note: no pg_verifybackup {major} on this machine (only 15): manifest v2 checked for its header only"
+        );
         return;
     }
     let mut cmd = Command::new(bin_dir(15).join("pg_verifybackup"));
     if major != 15 {
-        eprintln!("note: pg_verifybackup 15 cannot parse PostgreSQL {major} WAL: checking files only (--no-parse-wal)");
+        eprintln!(
+            "note: pg_verifybackup 15 cannot parse PostgreSQL {major} WAL: checking files only (--no-parse-wal)"
+        );
         cmd.arg("--no-parse-wal");
     }
     let out = cmd.arg(dest).output().unwrap();
-    assert!(out.status.success(), "pg_verifybackup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn backup_restores_under_writes(major: u32) {
@@ -40,9 +53,24 @@ fn backup_restores_under_writes(major: u32) {
     let dest = scratch.path().join("copy");
     let load = src.pgbench_load(3);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = tool().args(["-j", "4", "-x", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]).output().unwrap();
+    let out = tool()
+        .args([
+            "-j",
+            "4",
+            "-x",
+            "-c",
+            "fast",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     load.stop();
-    assert!(out.status.success(), "PostgreSQL {major}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "PostgreSQL {major}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     verify_manifest(major, &dest);
     let copy = Cluster::start_on_copy(&dest, major);
     copy.assert_pgbench_consistent();
@@ -85,8 +113,15 @@ fn least_privilege_role_on_14() {
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let dsn = src.dsn().replace("user=postgres", "user=backup_role");
-    let out = tool().args(["-j", "2", "-x", "-c", "fast", &dsn, dest.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tool()
+        .args(["-j", "2", "-x", "-c", "fast", &dsn, dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let copy = Cluster::start_on_copy(&dest, 14);
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "10");
 }

@@ -24,7 +24,8 @@ use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
 use crate::plan::{self, Plan};
-use crate::server::{self, Reader, ServerInfo, Tablespace};
+use crate::reader::Reader;
+use crate::server::{self, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
 use crate::{bail_with, wal};
 
@@ -68,7 +69,10 @@ fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Re
 }
 
 fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
-    Reader::new(spec.connect(application_name)?, settings.throttle.clone())
+    Reader::new(
+        spec.connect(application_name)?,
+        settings.read_options.clone(),
+    )
 }
 
 fn clean(spec: &ConnSpec) -> Result<()> {
@@ -187,6 +191,14 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         settings.jobs as u32 + u32::from(settings.fetch_wal),
     )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
+    info!(
+        "wire compression: {}",
+        if readers[0].compressed() {
+            "zlib, on the server by a temporary PL/Python function"
+        } else {
+            "none"
+        }
+    );
     let wal_reader = if settings.fetch_wal {
         Some(open_reader(spec, settings, WAL_NAME)?)
     } else {
@@ -230,6 +242,17 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                 secs,
                 (done.bytes + done.wal_bytes) as f64 / 1048576.0 / secs.max(0.001)
             );
+            let (wire, read) = (
+                settings
+                    .read_options
+                    .wire_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                settings
+                    .read_options
+                    .data_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            info!("{} bytes crossed the wire for {} bytes read", wire, read);
             if !settings.fetch_wal {
                 warn!(
                     "the copy holds no WAL (-x not given): starting it needs a WAL archive, \

@@ -116,6 +116,11 @@ pub struct Args {
     #[arg(short = 'r', long, value_name = "RATE", value_parser = crate::throttle::parse_rate)]
     pub max_rate: Option<u64>,
 
+    /// Compress data on the server before it crosses the wire (zlib through
+    /// a session-temporary PL/Python function): auto, zlib or none.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
+    pub wire_compression: crate::reader::WireCompression,
+
     /// Checksum algorithm for the files listed in backup_manifest
     /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
     #[arg(long, value_name = "ALGORITHM", default_value = "CRC32C")]
@@ -172,8 +177,8 @@ pub struct Settings {
     pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
     pub write_recovery_conf: bool,
-    /// The byte budget of -r, shared by every session of the run.
-    pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// Rate limit, compression and counters shared by every reading session.
+    pub read_options: std::sync::Arc<crate::reader::ReadOptions>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
 }
@@ -333,9 +338,10 @@ impl Args {
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
             write_recovery_conf: self.write_recovery_conf,
-            throttle: self
-                .max_rate
-                .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
+            read_options: crate::reader::ReadOptions::new(
+                self.max_rate.map(crate::throttle::Throttle::new),
+                self.wire_compression,
+            ),
         })
     }
 }

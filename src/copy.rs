@@ -19,7 +19,7 @@ use crate::dest::Dest;
 use crate::integrity::Integrity;
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{Plan, Task};
-use crate::server::Reader;
+use crate::reader::Reader;
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]

@@ -13,6 +13,7 @@ mod manifest;
 mod pagecheck;
 mod paths;
 mod plan;
+mod reader;
 mod server;
 mod throttle;
 mod wal;

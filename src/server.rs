@@ -8,8 +8,8 @@
 
 use anyhow::{Context, Result};
 use log::debug;
+use postgres::Client;
 use postgres::types::{FromSql, Type};
-use postgres::{Client, Statement};
 
 use crate::bail_with;
 use crate::error::{Exit, ExitContext};
@@ -375,84 +375,6 @@ pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
             location: r.get(2),
         })
         .collect())
-}
-
-/// A session that reads byte ranges of server files with
-/// `pg_read_binary_file`, several ranges per round trip, results in binary.
-pub struct Reader {
-    client: Client,
-    statement: Statement,
-    throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
-}
-
-/// One byte range to read: (path relative to the data directory, offset, length).
-pub type Range<'a> = (&'a str, u64, u64);
-
-impl Reader {
-    pub fn new(
-        mut client: Client,
-        throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
-    ) -> Result<Reader> {
-        disable_timeouts(&mut client)?;
-        let sql = "SELECT t.n, pg_read_binary_file(t.p, t.o, t.l, true) \
-                     FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n)";
-        debug!("SQL: PREPARE {sql}");
-        let statement = client
-            .prepare(sql)
-            .context("could not prepare the read statement")?;
-        Ok(Reader {
-            client,
-            statement,
-            throttle,
-        })
-    }
-
-    /// Read `ranges`; `sink(i, bytes)` is called once per range with its
-    /// index and the bytes (fewer than asked if the file shrank, `None` if it
-    /// vanished). The bytes borrow the protocol buffer: no extra copy.
-    pub fn read(
-        &mut self,
-        ranges: &[Range<'_>],
-        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
-    ) -> Result<()> {
-        let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
-        let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
-        let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
-        if let Some(t) = &self.throttle {
-            t.acquire(ranges.iter().map(|r| r.2).sum());
-        }
-        debug!(
-            "read {} range(s), first {}@{}+{}",
-            ranges.len(),
-            paths[0],
-            offsets[0],
-            lens[0]
-        );
-        let rows = self
-            .client
-            .query(&self.statement, &[&paths, &offsets, &lens])
-            .with_context(|| format!("could not read {} from the server", paths[0]))?;
-        if rows.len() != ranges.len() {
-            anyhow::bail!(
-                "asked for {} ranges, the server returned {}",
-                ranges.len(),
-                rows.len()
-            );
-        }
-        for row in &rows {
-            let n: i64 = row.get(0);
-            let index = usize::try_from(n - 1)
-                .ok()
-                .filter(|&i| i < ranges.len())
-                .context("bad range number")?;
-            sink(index, row.get::<_, Option<&[u8]>>(1))?;
-        }
-        Ok(())
-    }
-
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
 }
 
 /// The functions a backup calls that a non-superuser needs EXECUTE on,

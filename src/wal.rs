@@ -22,7 +22,8 @@ use crate::bail_with;
 use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
-use crate::server::{self, Lsn, Reader, ServerInfo};
+use crate::reader::Reader;
+use crate::server::{self, Lsn, ServerInfo};
 
 /// A segment file name: timeline, then the segment number split in two.
 pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {

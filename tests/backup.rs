@@ -331,3 +331,38 @@ fn wal_follower_copies_wal_until_terminate() {
     assert_eq!(our_sessions(&src), "0");
     assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
 }
+
+#[test]
+fn wire_compression_with_plpython_restores_and_leaves_nothing_behind() {
+    let src = Cluster::start(VERSION);
+    src.pgbench_init(1);
+    let scratch = scratch_dir();
+
+    // Without the language, asking for zlib fails clearly, before DEST exists.
+    let dest = scratch.path().join("refused");
+    let out = run(&["--wire-compression", "zlib", &src.tcp_dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plpython3u"));
+    assert!(!dest.exists());
+
+    src.psql("CREATE EXTENSION plpython3u");
+    let dest = scratch.path().join("copy");
+    let load = src.pgbench_load(2);
+    let out = run(&["-j", "2", "-x", "-c", "fast", "-v", "--wire-compression", "zlib", &src.tcp_dsn(), dest.to_str().unwrap()]);
+    load.stop();
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wire compression: zlib"), "-v says which: {stderr}");
+    let line = stderr.lines().find(|l| l.contains("crossed the wire")).unwrap();
+    let numbers: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert!(numbers[0] * 3 < numbers[1], "pgbench data compresses: {line}");
+    assert_eq!(src.psql("SELECT count(*) FROM pg_proc WHERE proname = 'pgbb_read_zlib'"), "0", "the function died with its session");
+
+    // auto does not compress over a unix socket (nothing to gain).
+    let dest2 = scratch.path().join("auto");
+    let out = run(&["-v", "-c", "fast", &src.dsn(), dest2.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wire compression: none"));
+
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    copy.assert_pgbench_consistent();
+}

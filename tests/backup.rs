@@ -8,19 +8,9 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, scratch_dir, tool};
+use common::{Cluster, run, scratch_dir, tool};
 
 const VERSION: u32 = 15;
-
-fn run(args: &[&str]) -> Output {
-    let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!(
-        "pg_basebackup {args:?} -> {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn assert_ok(out: &Output) {
     assert!(
@@ -340,7 +330,12 @@ fn wire_compression_with_plpython_restores_and_leaves_nothing_behind() {
 
     // Without the language, asking for zlib fails clearly, before DEST exists.
     let dest = scratch.path().join("refused");
-    let out = run(&["--wire-compression", "zlib", &src.tcp_dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "--wire-compression",
+        "zlib",
+        &src.tcp_dsn(),
+        dest.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("plpython3u"));
     assert!(!dest.exists());
@@ -348,15 +343,39 @@ fn wire_compression_with_plpython_restores_and_leaves_nothing_behind() {
     src.psql("CREATE EXTENSION plpython3u");
     let dest = scratch.path().join("copy");
     let load = src.pgbench_load(2);
-    let out = run(&["-j", "2", "-x", "-c", "fast", "-v", "--wire-compression", "zlib", &src.tcp_dsn(), dest.to_str().unwrap()]);
+    let out = run(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-v",
+        "--wire-compression",
+        "zlib",
+        &src.tcp_dsn(),
+        dest.to_str().unwrap(),
+    ]);
     load.stop();
     assert_ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("wire compression: zlib"), "-v says which: {stderr}");
-    let line = stderr.lines().find(|l| l.contains("crossed the wire")).unwrap();
+    assert!(
+        stderr.contains("wire compression: zlib"),
+        "-v says which: {stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("crossed the wire"))
+        .unwrap();
     let numbers: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
-    assert!(numbers[0] * 3 < numbers[1], "pgbench data compresses: {line}");
-    assert_eq!(src.psql("SELECT count(*) FROM pg_proc WHERE proname = 'pgbb_read_zlib'"), "0", "the function died with its session");
+    assert!(
+        numbers[0] * 3 < numbers[1],
+        "pgbench data compresses: {line}"
+    );
+    assert_eq!(
+        src.psql("SELECT count(*) FROM pg_proc WHERE proname = 'pgbb_read_zlib'"),
+        "0",
+        "the function died with its session"
+    );
 
     // auto does not compress over a unix socket (nothing to gain).
     let dest2 = scratch.path().join("auto");

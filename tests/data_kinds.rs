@@ -4,19 +4,8 @@
 
 mod common;
 
-use std::process::Output;
 
-use common::{Cluster, chown_postgres, scratch_dir, tool};
-
-fn run(args: &[&str]) -> Output {
-    let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!(
-        "pg_basebackup {args:?} -> {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{Cluster, chown_postgres, run, scratch_dir, tool};
 
 #[test]
 fn tablespace_is_copied_to_its_mapped_directory() {
@@ -219,15 +208,8 @@ fn awkward_database_and_relation_names_survive() {
 fn a_role_with_minimal_grants_backs_up_and_one_without_is_told_what_to_grant() {
     let src = Cluster::start(15);
     src.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS i");
-    src.psql(
-        "CREATE ROLE backup_role LOGIN REPLICATION; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_stop(boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO backup_role; \
-         CREATE ROLE nobody LOGIN",
-    );
+    src.psql("CREATE ROLE backup_role LOGIN REPLICATION; CREATE ROLE nobody LOGIN");
+    common::grant_backup_privileges(&src, "backup_role");
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let dsn = |role: &str| src.dsn().replace("user=postgres", &format!("user={role}"));

@@ -3,20 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, scratch_dir, tool};
-
-fn run(args: &[&str]) -> Output {
-    let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!(
-        "pg_basebackup {args:?} -> {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{Cluster, run, scratch_dir, tool};
 
 fn spawn(args: &[&str]) -> Child {
     tool()

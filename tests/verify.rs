@@ -6,17 +6,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Output};
 
-use common::{Cluster, ClusterOptions, bin_dir, scratch_dir, tool};
-
-fn run(args: &[&str]) -> Output {
-    let out = tool().args(args).output().expect("run pg_basebackup");
-    eprintln!(
-        "pg_basebackup {args:?} -> {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{Cluster, ClusterOptions, bin_dir, run, scratch_dir};
 
 fn verifybackup(major: u32, dir: &std::path::Path) -> Output {
     Command::new(bin_dir(major).join("pg_verifybackup"))

@@ -101,15 +101,8 @@ version_tests! {
 #[test]
 fn least_privilege_role_on_14() {
     let src = Cluster::start(14);
-    src.psql(
-        "CREATE TABLE t AS SELECT generate_series(1, 10) AS i; \
-         CREATE ROLE backup_role LOGIN REPLICATION; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_start_backup(text, boolean, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_stop_backup(boolean, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO backup_role; \
-         GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO backup_role;",
-    );
+    src.psql("CREATE TABLE t AS SELECT generate_series(1, 10) AS i; CREATE ROLE backup_role LOGIN REPLICATION");
+    common::grant_backup_privileges(&src, "backup_role");
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let dsn = src.dsn().replace("user=postgres", "user=backup_role");

@@ -212,21 +212,26 @@ impl Cluster {
         cluster
     }
 
+    /// pg_ctl start on this cluster's port and socket directory.
+    fn pg_ctl_start(&self) -> bool {
+        let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
+        as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "-o", &opts, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
     /// Start the server on a free port (retrying on a port race).
     fn start_server(&mut self) {
         for _ in 0..5 {
             self.port = free_port();
-            let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
-            let status = as_postgres(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&self.log)
-                .args(["-w", "-t", "120", "-o", &opts, "start"])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            if status.success() {
+            if self.pg_ctl_start() {
                 self.wait_ready();
                 return;
             }
@@ -385,18 +390,7 @@ impl Cluster {
 
     /// Start a stopped server again (same port and directories).
     pub fn restart(&self) {
-        let opts = format!("-p {} -k {}", self.port, self.socket_dir.display());
-        let ok = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&self.log)
-            .args(["-w", "-t", "120", "-o", &opts, "start"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "restart failed:\n{}", self.log_tail());
+        assert!(self.pg_ctl_start(), "restart failed:\n{}", self.log_tail());
         self.wait_ready();
     }
 
@@ -439,6 +433,40 @@ impl PgbenchLoad {
 impl Drop for PgbenchLoad {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Run the tool to completion, echoing its stderr for the test log.
+pub fn run(args: &[&str]) -> std::process::Output {
+    let out = tool().args(args).output().expect("run pg_basebackup");
+    eprintln!(
+        "pg_basebackup {args:?} -> {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The minimal grants for a backup by a role that is not a superuser, as
+/// README gives them per version range.
+pub fn grant_backup_privileges(cluster: &Cluster, role: &str) {
+    let backup_functions = if cluster.version >= 15 {
+        ["pg_backup_start(text, boolean)", "pg_backup_stop(boolean)"]
+    } else {
+        [
+            "pg_start_backup(text, boolean, boolean)",
+            "pg_stop_backup(boolean, boolean)",
+        ]
+    };
+    let file_functions = [
+        "pg_ls_dir(text, boolean, boolean)",
+        "pg_stat_file(text, boolean)",
+        "pg_read_binary_file(text, bigint, bigint, boolean)",
+    ];
+    for f in backup_functions.iter().chain(&file_functions) {
+        cluster.psql(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {role}"
+        ));
     }
 }
 

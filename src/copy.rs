@@ -4,22 +4,22 @@
 //! The queue is the plan's task list and an atomic cursor: no locks on the
 //! hot path, and tasks are taken in plan order (biggest files first), so the
 //! chunks of a file are handed out in file order. Each worker owns one
-//! session with a prepared read statement; bytes go from the protocol buffer
-//! to `pwrite` without another copy.
+//! session with a prepared read statement and a writer thread; bytes go from
+//! the protocol buffer to `pwrite` without another copy.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use anyhow::Result;
 use log::debug;
 
 use crate::abort::Abort;
 use crate::dest::Dest;
-use crate::integrity::Integrity;
+use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{Plan, Task};
-use crate::reader::Reader;
+use crate::reader::{Fetched, Reader};
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]
@@ -98,7 +98,39 @@ pub fn copy_files(
     Ok((outcome, returned.into_inner().unwrap()))
 }
 
+/// One worker: this thread fetches, a second one writes, so the server
+/// reads and sends the next request while the last one is being written
+/// (which is what lets even -j 1 keep both sides busy). The rendezvous
+/// channel bounds a worker to two requests in memory.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
+    let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
+        let (tx, rx) = mpsc::sync_channel::<(&Task, Fetched)>(0);
+        let writer = s.spawn(move || -> Result<Vec<Suspect>> {
+            let mut inflated = Vec::new();
+            let mut suspects = Vec::new();
+            for (task, fetched) in rx {
+                write_task(shared, task, &fetched, &mut inflated, &mut suspects)?;
+            }
+            Ok(suspects)
+        });
+        let fetched = fetch_tasks(reader, shared, reconnect, &tx);
+        drop(tx);
+        let written = writer.join().expect("the writer thread panicked");
+        // A failed write ends the fetching too: its error comes first.
+        let suspects = written?;
+        fetched?;
+        Ok(suspects)
+    })?;
+    recheck(reader, shared, suspects)
+}
+
+fn fetch_tasks<'p>(
+    reader: &mut Reader,
+    shared: &Shared<'p>,
+    reconnect: Reconnect,
+    tx: &mpsc::SyncSender<(&'p Task, Fetched)>,
+) -> Result<()> {
+    let files = &shared.plan.files;
     loop {
         if shared.abort.is_set() {
             return Ok(());
@@ -107,12 +139,24 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         let Some(task) = shared.plan.tasks.get(i) else {
             return Ok(());
         };
+        for p in &task.pieces {
+            shared.integrity.wait_turn(p.file, p.offset, shared.abort);
+        }
+        let ranges: Vec<_> = task
+            .pieces
+            .iter()
+            .map(|p| (files[p.file].path.as_str(), p.offset, p.len))
+            .collect();
+        // A request is idempotent, and nothing of a failed one was written.
         let mut attempt = 0;
-        // The request is idempotent (positional writes), and nothing of it
-        // was accounted for when it fails: rows are handled only after the
-        // whole result has arrived.
-        while let Err(e) = copy_task(reader, shared, task) {
-            replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?;
+        let fetched = loop {
+            match reader.fetch(&ranges) {
+                Ok(f) => break f,
+                Err(e) => replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?,
+            }
+        };
+        if tx.send((task, fetched)).is_err() {
+            return Ok(()); // the writer stopped; it reports why
         }
     }
 }
@@ -144,18 +188,18 @@ pub fn replace_lost_session(
     Ok(())
 }
 
-fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
+/// Write the rows of one request to their places in DEST and account for
+/// them (checksums, page verification); pages that fail verification are
+/// collected for one re-read.
+fn write_task(
+    shared: &Shared,
+    task: &Task,
+    fetched: &Fetched,
+    inflated: &mut Vec<u8>,
+    suspects: &mut Vec<Suspect>,
+) -> Result<()> {
     let files = &shared.plan.files;
-    for p in &task.pieces {
-        shared.integrity.wait_turn(p.file, p.offset, shared.abort);
-    }
-    let ranges: Vec<_> = task
-        .pieces
-        .iter()
-        .map(|p| (files[p.file].path.as_str(), p.offset, p.len))
-        .collect();
-    let mut suspects = Vec::new();
-    reader.read(&ranges, |i, data| {
+    fetched.deliver(inflated, |i, data| {
         let piece = task.pieces[i];
         let file = &files[piece.file];
         match data {
@@ -185,11 +229,14 @@ fn copy_task(reader: &mut Reader, shared: &Shared, task: &Task) -> Result<()> {
             }
         }
         Ok(())
-    })?;
-    // A page may fail its checksum because a write tore it while we read;
-    // read each failing page once more before calling it corrupt.
+    })
+}
+
+/// A page may fail its checksum because a write tore it while we read it;
+/// read each failing page once more before calling it corrupt.
+fn recheck(reader: &mut Reader, shared: &Shared, suspects: Vec<Suspect>) -> Result<()> {
     for suspect in suspects {
-        let file = &files[suspect.file];
+        let file = &shared.plan.files[suspect.file];
         reader.read(
             &[(file.path.as_str(), suspect.offset, BLCKSZ as u64)],
             |_, page| {

@@ -98,6 +98,51 @@ fn is_local_link(client: &mut Client) -> Result<bool> {
     Ok(client.query_one(sql, &[])?.get(0))
 }
 
+/// The rows of one request, received but not yet handled.
+pub struct Fetched {
+    rows: Vec<postgres::Row>,
+    compressed: bool,
+    options: Arc<ReadOptions>,
+}
+
+impl Fetched {
+    /// Call `sink(i, bytes)` for each range, as [`Reader::read`] describes;
+    /// `inflated` is a scratch buffer for compressed rows.
+    pub fn deliver(
+        &self,
+        inflated: &mut Vec<u8>,
+        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        for row in &self.rows {
+            let n: i64 = row.get(0);
+            let index = usize::try_from(n - 1)
+                .ok()
+                .filter(|&i| i < self.rows.len())
+                .context("bad range number")?;
+            let wire = row.get::<_, Option<&[u8]>>(1);
+            let data = match wire {
+                Some(z) if self.compressed => {
+                    inflated.clear();
+                    flate2::read::ZlibDecoder::new(z)
+                        .read_to_end(inflated)
+                        .context("corrupt compressed data from the server")?;
+                    Some(inflated.as_slice())
+                }
+                other => other,
+            };
+            let counted = |b: Option<&[u8]>| b.map_or(0, |b| b.len() as u64);
+            self.options
+                .wire_bytes
+                .fetch_add(counted(wire), Ordering::Relaxed);
+            self.options
+                .data_bytes
+                .fetch_add(counted(data), Ordering::Relaxed);
+            sink(index, data)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Reader {
     client: Client,
     statement: Statement,
@@ -158,8 +203,16 @@ impl Reader {
     pub fn read(
         &mut self,
         ranges: &[Range<'_>],
-        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+        sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
     ) -> Result<()> {
+        let fetched = self.fetch(ranges)?;
+        fetched.deliver(&mut self.inflated, sink)
+    }
+
+    /// The network half of [`read`](Self::read): send the request and
+    /// receive every row. The result can be handed to another thread, which
+    /// writes it while this session already fetches the next request.
+    pub fn fetch(&mut self, ranges: &[Range<'_>]) -> Result<Fetched> {
         let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
         let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
         let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
@@ -184,34 +237,11 @@ impl Reader {
                 rows.len()
             );
         }
-        for row in &rows {
-            let n: i64 = row.get(0);
-            let index = usize::try_from(n - 1)
-                .ok()
-                .filter(|&i| i < ranges.len())
-                .context("bad range number")?;
-            let wire = row.get::<_, Option<&[u8]>>(1);
-            let data = match wire {
-                Some(z) if self.compressed => {
-                    self.inflated.clear();
-                    flate2::read::ZlibDecoder::new(z)
-                        .read_to_end(&mut self.inflated)
-                        .with_context(|| {
-                            format!("corrupt compressed data for {}", ranges[index].0)
-                        })?;
-                    Some(self.inflated.as_slice())
-                }
-                other => other,
-            };
-            self.options
-                .wire_bytes
-                .fetch_add(wire.map_or(0, |w| w.len() as u64), Ordering::Relaxed);
-            self.options
-                .data_bytes
-                .fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
-            sink(index, data)?;
-        }
-        Ok(())
+        Ok(Fetched {
+            rows,
+            compressed: self.compressed,
+            options: Arc::clone(&self.options),
+        })
     }
 
     pub fn client(&mut self) -> &mut Client {

@@ -206,6 +206,9 @@ impl Dest {
         })
     }
 
+    /// Open a file of the copy for writing. O_NOFOLLOW: a link planted where
+    /// a file belongs is an error, never a way to write outside DEST (the
+    /// only links we follow are the tablespace links we made ourselves).
     fn open(&self, rel: &str) -> Result<File> {
         let p = self.path(rel);
         OpenOptions::new()
@@ -213,6 +216,7 @@ impl Dest {
             .create(true)
             .truncate(false)
             .mode(self.file_mode)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p)
             .exit_with(Exit::Dest, || {
                 format!("cannot open {} for writing", p.display())
@@ -367,6 +371,11 @@ mod tests {
         d.write_at("f", 0, b"1234", None).unwrap();
         assert_eq!(fs::read(d.path("f")).unwrap(), b"12345678\0\0");
         d.write_at("empty", 0, b"", Some(0)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path("planted")).unwrap();
+        assert!(
+            d.write_at("planted", 0, b"x", None).is_err(),
+            "never writes through a link"
+        );
         assert_eq!(fs::metadata(d.path("empty")).unwrap().len(), 0);
         let mode = fs::metadata(d.path("f")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

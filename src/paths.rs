@@ -47,6 +47,21 @@ mod tests {
         assert_eq!(normalize_relative("dir/..file").unwrap(), "dir/..file");
     }
 
+    proptest::proptest! {
+        /// Whatever the server sends, an accepted path stays inside DEST.
+        #[test]
+        fn accepted_paths_never_escape(parts in proptest::collection::vec("(\\.\\.|\\.|[a-z]{1,3}|/|\\x00)", 0..8)) {
+            let raw: String = parts.concat();
+            if let Ok(path) = normalize_relative(&raw) {
+                let p = std::path::Path::new(&path);
+                proptest::prop_assert!(p.is_relative());
+                proptest::prop_assert!(!path.contains('\0'));
+                proptest::prop_assert!(p.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+                proptest::prop_assert!(std::path::Path::new("/dest").join(p).starts_with("/dest"));
+            }
+        }
+    }
+
     #[test]
     fn rejects_escapes() {
         for bad in [

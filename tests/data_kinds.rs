@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{Cluster, chown_postgres, run, scratch_dir, tool};
 
 #[test]

@@ -13,6 +13,7 @@ mod manifest;
 mod pagecheck;
 mod paths;
 mod plan;
+mod progress;
 mod reader;
 mod server;
 mod tar_out;
@@ -25,6 +26,12 @@ use clap::Parser;
 
 fn main() {
     keep_chunk_buffers();
+    // A file-size limit (ulimit -f) must be an error we can clean up after,
+    // not SIGXFSZ killing the process with a half-written copy.
+    // SAFETY: ignoring a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let args = cli::Args::parse();
     init_logging(args.verbose, args.debug);
     let result = args

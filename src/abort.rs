@@ -41,10 +41,19 @@ impl Abort {
 
     /// Sleep up to `d`, waking early when the flag is set. Returns whether it was.
     pub fn sleep(&self, d: std::time::Duration) -> bool {
+        self.sleep_unless(d, || false)
+    }
+
+    /// Sleep up to `d`, waking early when the flag is set or `stop()` says
+    /// so. Returns whether the flag was set.
+    pub fn sleep_unless(&self, d: std::time::Duration, stop: impl Fn() -> bool) -> bool {
         let end = std::time::Instant::now() + d;
         while std::time::Instant::now() < end {
             if self.is_set() {
                 return true;
+            }
+            if stop() {
+                return false;
             }
             std::thread::sleep(
                 std::time::Duration::from_millis(50).min(end - std::time::Instant::now()),

@@ -24,6 +24,7 @@ use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
 use crate::plan::{self, Plan};
+use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
@@ -165,6 +166,7 @@ struct Finished {
     files: usize,
     bytes: u64,
     wal_bytes: u64,
+    wal_segments: u64,
     manifest_written: bool,
     page_failures: Vec<PageFailure>,
 }
@@ -191,9 +193,10 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         settings.jobs as u32 + u32::from(settings.fetch_wal),
     )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
+    let readers_compressed = readers[0].compressed();
     info!(
         "wire compression: {}",
-        if readers[0].compressed() {
+        if readers_compressed {
             "zlib, on the server by a temporary PL/Python function"
         } else {
             "none"
@@ -233,26 +236,28 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     drop(control);
     match result {
         Ok(done) => {
-            let secs = started.elapsed().as_secs_f64();
-            info!(
-                "copied {} files, {} MB of data and {} MB of WAL in {:.1} s ({:.0} MB/s)",
-                done.files,
-                done.bytes >> 20,
-                done.wal_bytes >> 20,
-                secs,
-                (done.bytes + done.wal_bytes) as f64 / 1048576.0 / secs.max(0.001)
-            );
-            let (wire, read) = (
-                settings
-                    .read_options
-                    .wire_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                settings
-                    .read_options
-                    .data_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            info!("{} bytes crossed the wire for {} bytes read", wire, read);
+            let summary = Summary {
+                files: done.files as u64,
+                data_bytes: done.bytes,
+                wal_segments: done.wal_segments,
+                wal_bytes: done.wal_bytes,
+                seconds: started.elapsed().as_secs_f64(),
+                checksum_failures: done.page_failures.len() as u64,
+                manifest_written: done.manifest_written,
+            };
+            if done.page_failures.is_empty() {
+                info!("{summary}");
+            } else {
+                warn!("{summary}");
+            }
+            let options = &settings.read_options;
+            if readers_compressed {
+                info!(
+                    "{} bytes crossed the wire for {} bytes read",
+                    options.wire_bytes.load(Ordering::Relaxed),
+                    options.data_bytes.load(Ordering::Relaxed)
+                );
+            }
             if !settings.fetch_wal {
                 warn!(
                     "the copy holds no WAL (-x not given): starting it needs a WAL archive, \
@@ -383,6 +388,7 @@ fn backup_into(
         settings.jobs as u64 * settings.chunk_size,
     );
 
+    let progress = Progress::new(settings.progress, plan.total_bytes());
     let wal_done = AtomicBool::new(false);
     let reconnect_wal = || open_reader(spec, settings, WAL_NAME);
     let mut follower = wal_reader.map(|r| {
@@ -393,6 +399,7 @@ fn backup_into(
             timeline,
             start_lsn,
             settings.chunk_size,
+            &progress,
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
@@ -416,6 +423,7 @@ fn backup_into(
             &integrity,
             &|| open_reader(spec, settings, WORKER_NAME),
             abort,
+            &progress,
         );
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread
@@ -435,13 +443,15 @@ fn backup_into(
         )?),
         None => None,
     };
+    progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
     let stop = server::stop_backup(control, info)?;
     info!("backup stopped at {}", server::format_lsn(stop.lsn));
-    let mut wal_bytes = 0;
+    let (mut wal_bytes, mut wal_segments) = (0, 0);
     if let Some(mut f) = follower {
         f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
-        wal_bytes = f.bytes_fetched;
+        (wal_bytes, wal_segments) = (f.bytes_fetched, f.segments_copied());
     }
+    progress.finish();
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }
@@ -501,6 +511,7 @@ fn backup_into(
         files: plan.files.len() - copied.vanished.len(),
         bytes: copied.bytes,
         wal_bytes,
+        wal_segments,
         manifest_written: manifest_alg.is_some(),
         page_failures: integrity.page_failures(),
     })
@@ -621,22 +632,13 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     // Here pg_control is an ordinary file: the caller decides the order.
     plan.tasks = plan::chunk(&plan.files, None, settings.chunk_size);
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-    let parents: std::collections::BTreeSet<&str> = plan
-        .files
-        .iter()
-        .filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d))
-        .collect();
-    for parent in parents {
-        let mut prefix = String::new();
-        for part in parent.split('/') {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            dest.create_dirs([prefix.as_str()])?;
-        }
-    }
+    dest.create_dirs(
+        plan.files
+            .iter()
+            .filter_map(|f| f.path.rsplit_once('/').map(|(dir, _)| dir)),
+    )?;
     let integrity = Integrity::new(&plan.files, None, None, 0);
+    let progress = Progress::new(settings.progress, plan.total_bytes());
     let (copied, _) = copy::copy_files(
         readers,
         &plan,
@@ -644,7 +646,9 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         &integrity,
         &|| open_reader(spec, settings, WORKER_NAME),
         abort,
+        &progress,
     )?;
+    progress.finish();
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;
     }
@@ -721,6 +725,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             stdin_abort.terminate();
         })?;
     let reconnect = || open_reader(spec, settings, WAL_NAME);
+    let progress = Progress::new(settings.progress, 0);
     let mut follower = WalFollower::new(
         reader,
         &reconnect,
@@ -728,6 +733,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
         timeline,
         start_lsn,
         settings.chunk_size,
+        &progress,
     );
     println!(
         "pg_basebackup: following WAL from {} into {}",

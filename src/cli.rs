@@ -44,6 +44,10 @@ pub struct Args {
     #[arg(short, long)]
     pub debug: bool,
 
+    /// Show progress: a live bar on a terminal, else a plain line every 10 s.
+    #[arg(short = 'P', long)]
+    pub progress: bool,
+
     /// Remove DEST first if it exists and is not empty.
     #[arg(short, long)]
     pub force: bool,
@@ -177,6 +181,8 @@ pub struct Settings {
     pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
     pub write_recovery_conf: bool,
+    /// -P: how progress is shown.
+    pub progress: crate::progress::ProgressStyle,
     /// Rate limit, compression and counters shared by every reading session.
     pub read_options: std::sync::Arc<crate::reader::ReadOptions>,
     /// (server path, copy path) pairs from -T.
@@ -338,6 +344,11 @@ impl Args {
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
             write_recovery_conf: self.write_recovery_conf,
+            progress: if self.progress {
+                crate::progress::ProgressStyle::Auto
+            } else {
+                crate::progress::ProgressStyle::Off
+            },
             read_options: crate::reader::ReadOptions::new(
                 self.max_rate.map(crate::throttle::Throttle::new),
                 self.wire_compression,

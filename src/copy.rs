@@ -19,6 +19,7 @@ use crate::dest::Dest;
 use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{Plan, Task};
+use crate::progress::Progress;
 use crate::reader::{Fetched, Reader};
 
 /// What the copy did, for the summary and for the steps after it.
@@ -39,17 +40,18 @@ struct Shared<'a> {
     first_error: Mutex<Option<anyhow::Error>>,
     abort: &'a Abort,
     integrity: &'a Integrity,
+    progress: &'a Progress,
 }
 
-/// Copy every task of the plan with one thread per reader; returns the
-/// readers for reuse. On failure the first error is returned and the abort
-/// flag is set so the other threads stop after their current request.
 /// How often a request whose session was lost is retried on a fresh one.
 const RETRIES: u32 = 3;
 
 /// Opens a fresh reading session to replace one that was lost.
 pub type Reconnect<'a> = &'a (dyn Fn() -> Result<Reader> + Sync);
 
+/// Copy every task of the plan with one thread per reader; returns the
+/// readers for reuse. On failure the first error is returned and the abort
+/// flag is set so the other threads stop after their current request.
 pub fn copy_files(
     readers: Vec<Reader>,
     plan: &Plan,
@@ -57,9 +59,11 @@ pub fn copy_files(
     integrity: &Integrity,
     reconnect: Reconnect,
     abort: &Abort,
+    progress: &Progress,
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
         integrity,
+        progress,
         plan,
         dest,
         next: AtomicUsize::new(0),
@@ -219,6 +223,7 @@ fn write_task(
                 shared
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                shared.progress.add_data(bytes.len() as u64);
                 suspects.extend(shared.integrity.observe(
                     piece.file,
                     file,

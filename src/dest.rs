@@ -169,19 +169,17 @@ impl Dest {
         self.root.join(rel)
     }
 
-    /// Create directories, parents first.
+    /// Create directories and any missing parents (existing ones are fine).
     pub fn create_dirs<'a>(&self, dirs: impl IntoIterator<Item = &'a str>) -> Result<()> {
         for d in dirs {
             let p = self.path(d);
-            match fs::DirBuilder::new().mode(self.dir_mode).create(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                Err(e) => {
-                    return Err(e).exit_with(Exit::Dest, || {
-                        format!("cannot create directory {}", p.display())
-                    });
-                }
-            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(self.dir_mode)
+                .create(&p)
+                .exit_with(Exit::Dest, || {
+                    format!("cannot create directory {}", p.display())
+                })?;
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ fn init_logging(verbose: bool, debug: bool) {
         (false, true) => log::LevelFilter::Info,
         _ => log::LevelFilter::Warn,
     };
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
         .filter_module("pg_basebackup", ours)
         .format(|buf, record| {
@@ -73,5 +73,9 @@ fn init_logging(verbose: bool, debug: bool) {
                 record.args()
             )
         })
-        .init();
+        .build();
+    // Log lines go above the -P bar instead of tearing it.
+    log::set_max_level(logger.filter());
+    log::set_boxed_logger(Box::new(progress::SuspendingLogger::new(logger)))
+        .expect("the logger is installed once");
 }

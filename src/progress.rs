@@ -20,24 +20,13 @@
 //! by its redraws. While a bar is live it is registered process-wide, and
 //! [`suspend_active`] runs a closure with the bar erased and redraws it
 //! afterwards (with no live bar, in plain mode, or with `Off`, it just runs
-//! the closure). To hook the logger, `init_logging` in main.rs ends with
-//! `.build()` instead of `.init()` and installs the logger wrapped in
-//! [`SuspendingLogger`]:
-//!
-//! ```ignore
-//! let logger = builder.build(); // the env_logger::Builder configured as today
-//! let level = logger.filter();
-//! log::set_boxed_logger(Box::new(progress::SuspendingLogger::new(logger)))
-//!     .expect("logger installed once");
-//! log::set_max_level(level);
-//! ```
+//! the closure). `init_logging` in main.rs installs the logger wrapped in
+//! [`SuspendingLogger`], which does that for every log line.
 //!
 //! Other direct writes to stderr while a [`Progress`] is alive should go
-//! through [`Progress::suspend`] (or [`suspend_active`]). Never log from
+//! through [`suspend_active`]. Never log from
 //! inside a suspend closure: the bar's lock is held there, so it would
 //! deadlock.
-
-#![allow(dead_code)]
 
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
@@ -78,6 +67,7 @@ enum Mode {
     Plain,
     Bar,
     /// A bar drawing nowhere (tests).
+    #[cfg(test)]
     HiddenBar,
 }
 
@@ -131,7 +121,7 @@ pub struct Progress {
 
 impl Progress {
     /// Start reporting. `total_bytes` is the expected data size, 0 if not
-    /// known yet (see [`Progress::set_total`]).
+    /// known.
     pub fn new(style: ProgressStyle, total_bytes: u64) -> Progress {
         let mode = match style {
             ProgressStyle::Off => Mode::Off,
@@ -144,6 +134,7 @@ impl Progress {
     fn with_mode(mode: Mode, total: u64) -> Progress {
         let bar = match mode {
             Mode::Bar => Some(new_bar(ProgressDrawTarget::stderr(), total)),
+            #[cfg(test)]
             Mode::HiddenBar => Some(new_bar(ProgressDrawTarget::hidden(), total)),
             Mode::Off | Mode::Plain => None,
         };
@@ -160,7 +151,9 @@ impl Progress {
         let reporter = match mode {
             Mode::Off => None,
             Mode::Plain => spawn_reporter(&shared, plain_reporter),
-            Mode::Bar | Mode::HiddenBar => spawn_reporter(&shared, bar_reporter),
+            Mode::Bar => spawn_reporter(&shared, bar_reporter),
+            #[cfg(test)]
+            Mode::HiddenBar => spawn_reporter(&shared, bar_reporter),
         };
         Progress {
             shared,
@@ -180,23 +173,8 @@ impl Progress {
         self.shared.wal.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Set the expected data size, e.g. once the file listing is complete;
-    /// 0 means unknown.
-    pub fn set_total(&self, total: u64) {
-        self.shared.total.store(total, Ordering::Relaxed);
-        let Some(bar) = &self.shared.bar else { return };
-        if self.finished.load(Ordering::Acquire) {
-            return;
-        }
-        if total > 0 {
-            bar.set_length(total);
-        } else {
-            bar.unset_length();
-        }
-    }
-
     /// Stop reporting: clear the bar, stop the reporter thread (which prints
-    /// the 100 % line in plain mode if it is due and was not printed yet).
+    /// a last line in plain mode unless the 100 % line was printed already).
     /// Idempotent; also called on drop. The counters stay readable.
     pub fn finish(&self) {
         if self.finished.swap(true, Ordering::AcqRel) {
@@ -216,26 +194,12 @@ impl Progress {
         }
     }
 
-    /// Run `f` (which writes to stderr) with the live bar erased, then
-    /// redraw it. Without a live bar this just runs `f`. Do not log inside `f`.
-    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        match &self.shared.bar {
-            Some(bar) if !self.finished.load(Ordering::Acquire) => bar.suspend(f),
-            _ => f(),
-        }
-    }
-
     pub fn data_bytes(&self) -> u64 {
         self.shared.data.load(Ordering::Relaxed)
     }
 
     pub fn wal_bytes(&self) -> u64 {
         self.shared.wal.load(Ordering::Relaxed)
-    }
-
-    /// Time since [`Progress::new`].
-    pub fn elapsed(&self) -> Duration {
-        self.shared.start.elapsed()
     }
 }
 
@@ -301,7 +265,10 @@ fn plain_reporter(shared: &Shared) {
         let full = total > 0 && done >= total;
         let active = total > 0 || done > 0 || wal > 0;
         let due = !stopped && active && last_line.elapsed() >= PLAIN_INTERVAL;
-        if (full && !printed_full) || due {
+        // The last line tells where the run ended, even short of 100 %
+        // (files that shrank or vanished).
+        let last = stopped && active && !printed_full;
+        if (full && !printed_full) || due || last {
             eprintln!("{}", plain_line(done, total, wal, shared.start.elapsed()));
             last_line = Instant::now();
             printed_full |= full;
@@ -566,15 +533,11 @@ mod tests {
         for mode in [Mode::Off, Mode::Plain, Mode::HiddenBar] {
             let progress = Progress::with_mode(mode, 100);
             progress.add_data(100);
-            assert_eq!(progress.suspend(|| 7), 7);
             progress.finish();
             progress.finish();
             // Still usable after finish, and drop finishes once more.
             progress.add_data(1);
-            progress.set_total(200);
-            assert_eq!(progress.suspend(|| 8), 8);
             assert_eq!(progress.data_bytes(), 101, "{mode:?}");
-            assert!(progress.elapsed() < Duration::from_secs(60));
             assert!(progress.reporter.lock().unwrap().is_none(), "{mode:?}");
             drop(progress);
         }

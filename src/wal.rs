@@ -22,6 +22,7 @@ use crate::bail_with;
 use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
+use crate::progress::Progress;
 use crate::reader::Reader;
 use crate::server::{self, Lsn, ServerInfo};
 
@@ -65,6 +66,7 @@ pub struct WalFollower<'a> {
     history: BTreeMap<String, u64>,
     /// Bytes read from the server, for the summary.
     pub bytes_fetched: u64,
+    progress: &'a Progress,
 }
 
 impl<'a> WalFollower<'a> {
@@ -75,6 +77,7 @@ impl<'a> WalFollower<'a> {
         timeline: u32,
         start_lsn: Lsn,
         chunk_size: u64,
+        progress: &'a Progress,
     ) -> Self {
         WalFollower {
             reader,
@@ -87,6 +90,7 @@ impl<'a> WalFollower<'a> {
             end: None,
             history: BTreeMap::new(),
             bytes_fetched: 0,
+            progress,
         }
     }
 
@@ -187,6 +191,7 @@ impl<'a> WalFollower<'a> {
                 })?;
             done += got;
             self.bytes_fetched += got;
+            self.progress.add_wal(got);
             if got < n || done >= len {
                 break;
             }
@@ -202,16 +207,10 @@ impl<'a> WalFollower<'a> {
         abort: &Abort,
         done: &std::sync::atomic::AtomicBool,
     ) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        while !done.load(Ordering::SeqCst) && !abort.is_set() {
+        let done = || done.load(std::sync::atomic::Ordering::SeqCst);
+        while !done() && !abort.is_set() {
             self.poll(dest, abort)?;
-            let deadline = std::time::Instant::now() + delay;
-            while std::time::Instant::now() < deadline && !done.load(Ordering::SeqCst) {
-                if abort.sleep(Duration::from_millis(100).min(deadline - std::time::Instant::now()))
-                {
-                    break;
-                }
-            }
+            abort.sleep_unless(delay, done);
         }
         Ok(())
     }
@@ -261,6 +260,11 @@ impl<'a> WalFollower<'a> {
             self.bytes_fetched
         );
         Ok(())
+    }
+
+    /// How many segments this follower has copied (wholly or in part).
+    pub fn segments_copied(&self) -> u64 {
+        self.have.len() as u64
     }
 
     /// Segments held completely, newest last (for the WAL follower mode).

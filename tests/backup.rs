@@ -25,25 +25,33 @@ fn our_sessions(c: &Cluster) -> String {
     c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_basebackup'")
 }
 
-fn backup_under_load(jobs: &str) {
+/// Back up a cluster under pgbench writes with `-j jobs -x -v` and `extra`
+/// flags; returns the tool's stderr once the copy has been checked.
+fn backup_under_load(jobs: &str, extra: &[&str]) -> String {
     let src = Cluster::start(VERSION);
     src.pgbench_init(5);
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let load = src.pgbench_load(4);
     std::thread::sleep(Duration::from_secs(1));
-    let out = run(&[
-        "-j",
-        jobs,
-        "-x",
-        "-c",
-        "fast",
-        "-v",
-        &src.dsn(),
-        dest.to_str().unwrap(),
-    ]);
+    let mut args = vec!["-j", jobs, "-x", "-c", "fast", "-v"];
+    args.extend(extra);
+    let dsn = src.dsn();
+    args.extend([dsn.as_str(), dest.to_str().unwrap()]);
+    let out = run(&args);
     load.stop();
     assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains(" files, ") && l.contains(" data, "))
+        .unwrap_or_else(|| panic!("-v prints one summary line:\n{stderr}"));
+    assert!(
+        summary.contains(" WAL segment")
+            && !summary.contains(" 0 WAL segments")
+            && summary.contains("0 checksum failures, manifest written"),
+        "{summary}"
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("pg_ctl -D"),
         "the last line tells how to start the copy"
@@ -88,16 +96,25 @@ fn backup_under_load(jobs: &str) {
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
     assert_eq!(copy.psql("SELECT count(*) FROM pgbench_accounts"), "500000");
+    stderr
 }
 
 #[test]
 fn backup_with_one_job_restores_under_writes() {
-    backup_under_load("1");
+    let stderr = backup_under_load("1", &[]);
+    assert!(!stderr.contains("progress:"), "no progress without -P");
 }
 
 #[test]
-fn backup_with_four_jobs_restores_under_writes() {
-    backup_under_load("4");
+fn backup_with_four_jobs_restores_under_writes_and_shows_progress() {
+    // stderr is a pipe here: -P prints plain lines, the last one at 100 %.
+    let stderr = backup_under_load("4", &["-P"]);
+    let last = stderr
+        .lines()
+        .filter(|l| l.starts_with("pg_basebackup: progress: "))
+        .last()
+        .unwrap_or_else(|| panic!("-P prints progress lines:\n{stderr}"));
+    assert!(last.contains("(100%)") && last.contains("; WAL "), "{last}");
 }
 
 #[test]

@@ -111,8 +111,8 @@ fn backup_with_four_jobs_restores_under_writes_and_shows_progress() {
     let stderr = backup_under_load("4", &["-P"]);
     let last = stderr
         .lines()
-        .filter(|l| l.starts_with("pg_basebackup: progress: "))
-        .last()
+        .rev()
+        .find(|l| l.starts_with("pg_basebackup: progress: "))
         .unwrap_or_else(|| panic!("-P prints progress lines:\n{stderr}"));
     assert!(last.contains("(100%)") && last.contains("; WAL "), "{last}");
 }

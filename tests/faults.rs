@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -182,15 +183,37 @@ fn keep_partial_copy_with_no_clean() {
     );
 }
 
-/// The tool's exit code, its stderr (one line is asserted), and whether it
-/// left DEST behind.
+/// Run the tool, which is expected to fail within a minute (it is killed
+/// and the test fails otherwise): its exit code and its stderr, which must
+/// be one line; DEST must not be left behind.
 fn failed_run(mut cmd: Command, dest: &Path) -> (Option<i32>, String) {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let mut stderr_file = tempfile::tempfile().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(stderr_file.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 60 s: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    stderr_file.seek(SeekFrom::Start(0)).unwrap();
+    stderr_file.read_to_string(&mut stderr).unwrap();
+    let stderr = stderr.trim().to_string();
+    eprintln!("{:?}: {stderr}", status.code());
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dest.exists(), "DEST is removed: {stderr}");
-    (out.status.code(), stderr)
+    (status.code(), stderr)
 }
 
 #[test]

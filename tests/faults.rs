@@ -256,6 +256,13 @@ fn a_file_size_limit_is_a_clean_dest_error() {
         "the file and the reason are named: {stderr}"
     );
     assert_server_clean(&src);
+    // The backup ended with its session (15 has no pg_is_in_backup()).
+    let log = std::fs::read_to_string(src.log_path()).unwrap();
+    assert!(
+        log.contains("aborting backup due to backend exiting before pg_backup_stop was called"),
+        "the server aborted the backup:\n{}",
+        src.log_tail()
+    );
 }
 
 #[test]

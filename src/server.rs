@@ -85,10 +85,9 @@ impl ServerInfo {
     }
 }
 
-/// Learn the server's version and layout; refuse servers older than 10.
-pub fn probe(client: &mut Client) -> Result<ServerInfo> {
-    let sql = "SELECT current_setting('server_version_num')::int4";
-    let version_num = query_one(client, sql, &[])?.get::<_, i32>(0) as u32;
+/// Refuse a server older than [`MIN_SERVER_VERSION`], naming its version as
+/// it was numbered then (`90624` is 9.6).
+fn check_supported(version_num: u32) -> Result<()> {
     if version_num < MIN_SERVER_VERSION {
         bail_with!(
             Exit::Server,
@@ -97,6 +96,14 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
             version_num / 100 % 100
         );
     }
+    Ok(())
+}
+
+/// Learn the server's version and layout; refuse servers older than 10.
+pub fn probe(client: &mut Client) -> Result<ServerInfo> {
+    let sql = "SELECT current_setting('server_version_num')::int4";
+    let version_num = query_one(client, sql, &[])?.get::<_, i32>(0) as u32;
+    check_supported(version_num)?;
     // data_directory_mode appeared in 11; 10 always uses 0700.
     let mode_sql = if version_num >= 110000 {
         "current_setting('data_directory_mode')"
@@ -507,6 +514,25 @@ pub fn check_free_connections(client: &mut Client, needed: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No 9.x server binaries exist here, so the refusal is tested on the
+    /// decision alone.
+    #[test]
+    fn servers_older_than_10_are_refused() {
+        for (num, shown) in [(90624, "9.6"), (90500, "9.5"), (80423, "8.4")] {
+            let err = check_supported(num).unwrap_err();
+            assert_eq!(crate::error::exit_of(&err), Exit::Server, "{num}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("server version {shown} is not supported"))
+                    && msg.contains("PostgreSQL 10 or newer"),
+                "{num}: {msg}"
+            );
+        }
+        for num in [100000, 100023, 140011, 150020, 180004] {
+            assert!(check_supported(num).is_ok(), "{num}");
+        }
+    }
 
     #[test]
     fn lsn_round_trip() {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, run, scratch_dir, tool};
+use common::{Cluster, ClusterOptions, run, scratch_dir, tool};
 
 const VERSION: u32 = 15;
 
@@ -401,4 +401,141 @@ fn wire_compression_with_plpython_restores_and_leaves_nothing_behind() {
 
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
+}
+
+/// Poll `probe` every 100 ms until it returns true; panic with `what` after
+/// `limit`.
+fn wait_until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn write_recovery_conf_makes_a_streaming_standby() {
+    let src = ClusterOptions::new(VERSION).password("Stby-pw").start();
+    src.psql("CREATE TABLE t (i int); INSERT INTO t VALUES (1)");
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("standby");
+    // Over TCP, with the password in the DSN: the standby needs it too.
+    let dsn = format!("{} password=Stby-pw", src.tcp_dsn());
+    assert_ok(&run(&[
+        "-R",
+        "-x",
+        "-c",
+        "fast",
+        &dsn,
+        dest.to_str().unwrap(),
+    ]));
+    assert!(dest.join("standby.signal").is_file());
+    let auto = std::fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap();
+    let conninfo = auto
+        .lines()
+        .find(|l| l.starts_with("primary_conninfo = "))
+        .unwrap_or_else(|| panic!("no primary_conninfo in:\n{auto}"));
+    for part in ["Stby-pw", "host=127.0.0.1", &format!("port={}", src.port)] {
+        assert!(conninfo.contains(part), "{part} in {conninfo}");
+    }
+    assert!(!conninfo.contains("dbname"), "{conninfo}");
+
+    let standby = Cluster::start_standby_on_copy(&dest, VERSION);
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    wait_until(
+        Duration::from_secs(60),
+        "the source streams to the copy",
+        || src.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1",
+    );
+    src.psql("INSERT INTO t VALUES (2)");
+    wait_until(
+        Duration::from_secs(60),
+        "the new row reaches the copy",
+        || standby.psql("SELECT count(*) FROM t") == "2",
+    );
+    drop(standby);
+
+    // A password from PGPASSWORD is not written into the copy.
+    let dest = scratch.path().join("no-password");
+    let out = tool()
+        .env("PGPASSWORD", "Stby-pw")
+        .args(["-R", "-c", "fast", &src.tcp_dsn(), dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let auto = std::fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("primary_conninfo = "), "{auto}");
+    assert!(!auto.contains("Stby-pw"), "{auto}");
+}
+
+#[test]
+fn max_rate_paces_the_copy_and_it_restores() {
+    const RATE: u64 = 2 << 20;
+    const CHUNK: u64 = 1 << 20;
+    let src = Cluster::start(VERSION);
+    src.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i");
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let started = Instant::now();
+    assert_ok(&run(&[
+        "-r",
+        "2M",
+        "--chunk-size",
+        "1M",
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]));
+    let took = started.elapsed();
+    // Every byte in the copy outside pg_wal was read from the server under
+    // the limit, except what the tool writes itself. Each request reserves
+    // its time before it is sent, so only the last one can beat the clock.
+    let mut files = Vec::new();
+    collect_files(&dest, &dest, &mut files);
+    let read: u64 = files
+        .iter()
+        .filter(|f| !f.starts_with("pg_wal/"))
+        .filter(|f| !["backup_label", "backup_manifest", "tablespace_map"].contains(&f.as_str()))
+        .map(|f| std::fs::metadata(dest.join(f)).unwrap().len())
+        .sum();
+    assert!(read > 20 << 20, "a copy of about 20 MB, got {read} bytes");
+    let least = Duration::from_secs_f64((read - CHUNK) as f64 / RATE as f64);
+    eprintln!("-r 2M: {read} bytes outside pg_wal in {took:?} (at least {least:?})");
+    assert!(
+        took >= least,
+        "{read} bytes at 2 MB/s took {took:?}, less than {least:?}"
+    );
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    assert_eq!(copy.psql("SELECT sum(i) FROM t"), "5000050000");
+}
+
+#[test]
+fn clean_ends_a_left_over_exclusive_backup() {
+    // 14: pg_start_backup with one argument starts an exclusive backup,
+    // which outlives its session.
+    let old = Cluster::start(14);
+    old.psql("SELECT pg_start_backup('left over')");
+    assert_eq!(old.psql("SELECT pg_is_in_backup()"), "t");
+    let out = run(&["--clean", &old.dsn()]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped the exclusive backup"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(old.psql("SELECT pg_is_in_backup()"), "f");
+    let out = run(&["--clean", &old.dsn()]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean"));
+    assert_eq!(our_sessions(&old), "0");
+
+    // 15+ has no exclusive backups.
+    let new = Cluster::start(VERSION);
+    let out = run(&["--clean", &new.dsn()]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean"));
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Cluster, chown_postgres, run, scratch_dir, tool};
+use common::{Cluster, ClusterOptions, chown_postgres, run, scratch_dir, tool};
 
 #[test]
 fn tablespace_is_copied_to_its_mapped_directory() {
@@ -244,4 +244,59 @@ fn a_role_with_minimal_grants_backs_up_and_one_without_is_told_what_to_grant() {
     );
     let copy = Cluster::start_on_copy(&dest, 15);
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "100");
+}
+
+#[test]
+fn in_place_tablespaces_are_copied_as_directories() {
+    // allow_in_place_tablespaces exists from 15 on, and recovery refuses a
+    // directory in pg_tblspc without it (so the source has it in its
+    // configuration, which the copy inherits). pg_tablespace_location gives
+    // the relative pg_tblspc/<oid> for them (16+, and recent 15 releases).
+    let majors: Vec<u32> = common::available_majors()
+        .into_iter()
+        .filter(|m| *m >= 15)
+        .collect();
+    assert!(majors.contains(&15), "PostgreSQL 15 is always tested");
+    for major in majors {
+        let src = ClusterOptions::new(major)
+            .conf("allow_in_place_tablespaces = on")
+            .start();
+        src.psql("CREATE TABLESPACE in_place LOCATION ''");
+        src.psql("CREATE TABLE t TABLESPACE in_place AS SELECT generate_series(1, 23456) AS i");
+        let oid = src.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'in_place'");
+        let location = src.psql(&format!("SELECT pg_tablespace_location({oid})"));
+        eprintln!("PostgreSQL {major}: in-place tablespace location {location:?}");
+        let scratch = scratch_dir();
+        let dest = scratch.path().join("copy");
+        let out = run(&[
+            "-j",
+            "2",
+            "-x",
+            "-c",
+            "fast",
+            &src.dsn(),
+            dest.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{major}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let in_copy = dest.join("pg_tblspc").join(&oid);
+        let kind = std::fs::symlink_metadata(&in_copy).unwrap().file_type();
+        assert!(
+            kind.is_dir(),
+            "{major}: {} is a directory",
+            in_copy.display()
+        );
+        src.psql("INSERT INTO t VALUES (0)");
+        drop(src);
+        let copy = Cluster::start_on_copy(&dest, major);
+        assert_eq!(copy.psql("SELECT count(*) FROM t"), "23456", "{major}");
+        assert_eq!(
+            copy.psql(&format!("SELECT pg_tablespace_location({oid})")),
+            location,
+            "{major}"
+        );
+    }
 }

@@ -3,10 +3,16 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, run, scratch_dir, tool};
+use tempfile::TempDir;
 
 fn spawn(args: &[&str]) -> Child {
     tool()
@@ -63,23 +69,42 @@ fn wait_for_session(c: &Cluster, application_name: &str, query_like: &str) -> St
     }
 }
 
-#[test]
-fn a_lost_worker_session_is_retried_and_the_backup_restores() {
+/// A loaded cluster and a backup of it into `<scratch>/copy` with `-j 2 -c
+/// fast -r RATE` plus `extra_args`, returned once a worker is reading a file.
+fn start_slow_backup(extra_args: &[&str], rate: &str) -> (Cluster, TempDir, PathBuf, Child) {
     let src = loaded_cluster();
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let load = src.pgbench_load(2);
-    let child = spawn(&[
+    let dsn = src.dsn();
+    let mut args = extra_args.to_vec();
+    args.extend([
         "-j",
         "2",
-        "-x",
         "-c",
         "fast",
         "-r",
-        "8M",
-        &src.dsn(),
+        rate,
+        &dsn,
         dest.to_str().unwrap(),
     ]);
+    let child = spawn(&args);
+    wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    (src, scratch, dest, child)
+}
+
+/// `kill -s SIGNAL` the child.
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {signal}");
+}
+
+#[test]
+fn a_lost_worker_session_is_retried_and_the_backup_restores() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "8M");
+    let load = src.pgbench_load(2);
     let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
     assert_eq!(
         src.psql(&format!("SELECT pg_terminate_backend({pid})")),
@@ -99,21 +124,7 @@ fn a_lost_worker_session_is_retried_and_the_backup_restores() {
 
 #[test]
 fn a_lost_control_session_aborts_cleanly() {
-    let src = loaded_cluster();
-    let scratch = scratch_dir();
-    let dest = scratch.path().join("copy");
-    let child = spawn(&[
-        "-j",
-        "2",
-        "-x",
-        "-c",
-        "fast",
-        "-r",
-        "8M",
-        &src.dsn(),
-        dest.to_str().unwrap(),
-    ]);
-    wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "8M");
     let control =
         src.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_basebackup'");
     src.psql(&format!("SELECT pg_terminate_backend({control})"));
@@ -134,29 +145,9 @@ fn a_lost_control_session_aborts_cleanly() {
 }
 
 fn interrupt_with(signal: &str) {
-    let src = loaded_cluster();
-    let scratch = scratch_dir();
-    let dest = scratch.path().join("copy");
-    let child = spawn(&[
-        "-j",
-        "2",
-        "-x",
-        "-c",
-        "fast",
-        "-r",
-        "4M",
-        &src.dsn(),
-        dest.to_str().unwrap(),
-    ]);
-    wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
     let sent = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-s", signal, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_signal(&child, signal);
     let out = child.wait_with_output().unwrap();
     assert!(
         sent.elapsed() < Duration::from_secs(2),
@@ -181,25 +172,8 @@ fn sigterm_stops_cleanly() {
 
 #[test]
 fn keep_partial_copy_with_no_clean() {
-    let src = loaded_cluster();
-    let scratch = scratch_dir();
-    let dest = scratch.path().join("copy");
-    let child = spawn(&[
-        "-n",
-        "-j",
-        "2",
-        "-c",
-        "fast",
-        "-r",
-        "4M",
-        &src.dsn(),
-        dest.to_str().unwrap(),
-    ]);
-    wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let (_src, _scratch, dest, child) = start_slow_backup(&["-n"], "4M");
+    send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(dest.exists(), "-n keeps the partial copy");
@@ -207,6 +181,185 @@ fn keep_partial_copy_with_no_clean() {
         !dest.join("backup_label").exists() && !dest.join("global/pg_control").exists(),
         "and it cannot start"
     );
+}
+
+/// Run the tool, which is expected to fail within a minute (it is killed
+/// and the test fails otherwise): its exit code and its stderr, which must
+/// be one line; DEST must not be left behind.
+fn failed_run(mut cmd: Command, dest: &Path) -> (Option<i32>, String) {
+    let mut stderr_file = tempfile::tempfile().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(stderr_file.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 60 s: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    stderr_file.seek(SeekFrom::Start(0)).unwrap();
+    stderr_file.read_to_string(&mut stderr).unwrap();
+    let stderr = stderr.trim().to_string();
+    eprintln!("{:?}: {stderr}", status.code());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dest.exists(), "DEST is removed: {stderr}");
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_file_size_limit_is_a_clean_dest_error() {
+    // The disk filling up, as the tool sees it: a write fails (EFBIG here,
+    // ENOSPC on a full disk) in the middle of the copy. 20 MB lets the WAL
+    // segments (16 MB) through and stops pgbench_accounts (about 40 MB).
+    let src = loaded_cluster();
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let mut cmd = tool();
+    cmd.args([
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    const LIMIT: libc::rlim_t = 20 << 20;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (code, stderr) = failed_run(cmd, &dest);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains(dest.to_str().unwrap()) && stderr.contains("File too large"),
+        "the file and the reason are named: {stderr}"
+    );
+    assert_server_clean(&src);
+    // The backup ended with its session (15 has no pg_is_in_backup()).
+    let log = std::fs::read_to_string(src.log_path()).unwrap();
+    assert!(
+        log.contains("aborting backup due to backend exiting before pg_backup_stop was called"),
+        "the server aborted the backup:\n{}",
+        src.log_tail()
+    );
+}
+
+#[test]
+fn a_dest_that_cannot_be_created_is_refused() {
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    // A read-only parent (for a user that is not root: root ignores modes).
+    let read_only = scratch.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let dest = read_only.join("copy");
+    let mut cmd = tool();
+    if common::is_root() {
+        let (uid, gid) = postgres_ids();
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.args(["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    let (code, stderr) = failed_run(cmd, &dest);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains(dest.to_str().unwrap()) && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+    // A parent that is a file.
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let dest = file.join("copy");
+    let mut cmd = tool();
+    cmd.args(["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    let (code, stderr) = failed_run(cmd, &dest);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains(dest.to_str().unwrap()), "{stderr}");
+    assert_server_clean(&src);
+}
+
+/// The uid and gid of the OS user postgres.
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections and never says a word.
+fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Hold every accepted socket open, silent, until the test ends.
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    (port, holder)
+}
+
+#[test]
+fn connect_timeout_bounds_a_server_that_never_answers() {
+    let (port, _holder) = silent_server();
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let d = dest.to_str().unwrap();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    // sslmode=prefer (the default) waits for the answer to SSLRequest,
+    // sslmode=disable for the answer to the startup message.
+    let cases = [
+        (format!("{dsn} connect_timeout=2"), None),
+        (
+            format!("{dsn} sslmode=disable"),
+            Some(("PGCONNECT_TIMEOUT", "2")),
+        ),
+        (format!("{dsn} sslmode=require connect_timeout=2"), None),
+    ];
+    for (dsn, env) in cases {
+        let mut cmd = tool();
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        cmd.args([dsn.as_str(), d]);
+        let started = Instant::now();
+        let (code, stderr) = failed_run(cmd, &dest);
+        let took = started.elapsed();
+        assert_eq!(code, Some(3), "{dsn}: {stderr}");
+        assert!(
+            stderr.contains("timeout expired") && stderr.contains(&port.to_string()),
+            "{dsn}: {stderr}"
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "{dsn}: gave up after {took:?}"
+        );
+    }
 }
 
 #[test]
@@ -428,10 +581,7 @@ fn the_wal_follower_stops_on_sigterm() {
         .unwrap();
     wait_for_session(&src, "pg_basebackup wal", "%");
     let _keep_stdin_open = child.stdin.take().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -294,6 +294,15 @@ impl ClusterOptions {
     }
 }
 
+/// What a started server is waited for as.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Out of recovery, accepting writes.
+    Primary,
+    /// A standby accepting read-only connections.
+    Standby,
+}
+
 /// A running server; stopped (`-m immediate`) and its directory removed on
 /// drop.
 pub struct Cluster {
@@ -404,7 +413,7 @@ impl Cluster {
             bin,
             dir: Some(dir),
         };
-        cluster.start_new_port();
+        cluster.start_new_port(Role::Primary);
         if let Some(pw) = &opts.password {
             cluster.psql(&format!(
                 "ALTER ROLE postgres PASSWORD '{}'",
@@ -422,6 +431,16 @@ impl Cluster {
     /// configuration files are not edited). Returns once recovery is over and
     /// the server accepts writes; panics with the server log otherwise.
     pub fn start_on_copy(dest: &Path, version: u32) -> Cluster {
+        Cluster::start_copy(dest, version, Role::Primary)
+    }
+
+    /// [`Cluster::start_on_copy`] for a copy made with `-R`: returns once the
+    /// standby accepts (read-only) connections, still in recovery.
+    pub fn start_standby_on_copy(dest: &Path, version: u32) -> Cluster {
+        Cluster::start_copy(dest, version, Role::Standby)
+    }
+
+    fn start_copy(dest: &Path, version: u32, role: Role) -> Cluster {
         assert!(dest.is_dir(), "no copy at {}", dest.display());
         let dest = std::fs::canonicalize(dest).unwrap();
         chown_postgres(&dest);
@@ -453,17 +472,17 @@ impl Cluster {
             bin: bin_dir(version),
             dir: Some(dir),
         };
-        cluster.start_new_port();
+        cluster.start_new_port(role);
         cluster
     }
 
     /// Start on a fresh port, retrying while the port was taken meanwhile.
-    fn start_new_port(&mut self) {
+    fn start_new_port(&mut self, role: Role) {
         for _ in 0..10 {
             self.port = free_port();
             match self.pg_ctl_start() {
                 Ok(()) => {
-                    self.wait_ready();
+                    self.wait_ready(role);
                     return;
                 }
                 Err(log) if log.contains("Address already in use") => continue,
@@ -521,17 +540,22 @@ impl Cluster {
         ))
     }
 
-    /// Until the server accepts writes (a copy finishes recovery first).
-    fn wait_ready(&self) {
+    /// Until the server accepts writes (a copy finishes recovery first), or
+    /// for a standby, until it accepts connections.
+    fn wait_ready(&self, role: Role) {
         let deadline = Instant::now() + START_TIMEOUT;
+        let in_recovery = match role {
+            Role::Primary => "f",
+            Role::Standby => "t",
+        };
         loop {
             match self.try_psql("SELECT pg_is_in_recovery()") {
-                Ok(out) if out == "f" => return,
+                Ok(out) if out == in_recovery => return,
                 Ok(_) | Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 r => panic!(
-                    "PostgreSQL {} never left recovery ({r:?}):\n{}",
+                    "PostgreSQL {} did not become ready (pg_is_in_recovery() gave {r:?}, waiting for {in_recovery}):\n{}",
                     self.version,
                     self.log_tail()
                 ),
@@ -718,7 +742,7 @@ impl Cluster {
         if let Err(e) = self.pg_ctl_start() {
             panic!("PostgreSQL {} did not restart:\n{e}", self.version);
         }
-        self.wait_ready();
+        self.wait_ready(Role::Primary);
     }
 }
 

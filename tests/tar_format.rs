@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Cluster, bin_dir, run, scratch_dir, tool};
 
@@ -358,4 +359,100 @@ fn nonsense_combinations_are_usage_errors() {
         );
         assert!(!dest.exists());
     }
+}
+
+fn kill(child: &std::process::Child, signal: &str) {
+    assert!(
+        Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn our_sessions_and_slots(c: &Cluster) -> String {
+    c.psql(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_basebackup%') \
+         || ' ' || (SELECT count(*) FROM pg_replication_slots)",
+    )
+}
+
+/// Interrupted once the tar has data in it: nothing that looks complete is
+/// left, DEST is removed (WAL scratch directory included), the server is clean.
+#[test]
+fn interrupted_tar_backup_leaves_nothing() {
+    let src = Cluster::start(VERSION);
+    src.pgbench_init(3);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("tars");
+    let child = tool()
+        .args(["-F", "t", "-z", "-x", "-j", "2", "-r", "4M", "-c", "fast"])
+        .arg(src.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = dest.join("base.tar.gz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&base).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(Instant::now() < deadline, "base.tar.gz never grew");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(dest.join(".pg_basebackup-wal/pg_wal").is_dir());
+    kill(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(!dest.exists(), "the partial tars are removed");
+    // Sessions end asynchronously on the server: give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while our_sessions_and_slots(&src) != "0 0" {
+        assert!(
+            Instant::now() < deadline,
+            "sessions or slots left: {}",
+            our_sessions_and_slots(&src)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // To standard output the stream cannot be taken back: it has no
+    // pg_control (written last), the tool says so, the scratch WAL is gone.
+    let mut child = tool()
+        .args(["-F", "t", "-x", "-j", "2", "-r", "4M", "-c", "fast"])
+        .arg(src.dsn())
+        .arg("-")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stream = Vec::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    while stream.len() < 1 << 20 {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        stream.extend_from_slice(&buf[..n]);
+    }
+    kill(&child, "INT");
+    std::io::Read::read_to_end(&mut stdout, &mut stream).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT restorable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cut = scratch.path().join("cut.tar");
+    std::fs::write(&cut, &stream).unwrap();
+    let listed = Command::new("tar").arg("-tf").arg(&cut).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("base/"), "{listed}");
+    assert!(!listed.contains("global/pg_control"), "{listed}");
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("pg_basebackup-wal-{pid}-0"))
+            .exists()
+    );
 }

@@ -26,7 +26,6 @@
 //! output after the backup stops and then removed.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -201,9 +200,6 @@ impl TarOutput {
         // Enough tasks in flight that no worker waits for another one's
         // slow request, few enough to bound memory (module comment).
         let window = 2 * settings.jobs;
-        let writer = |out: Box<dyn Write + Send>, compression| -> Result<TarWriter> {
-            Ok(TarWriter::new(out, compression, window)?.with_modes(dir_mode, file_mode))
-        };
         let file_writer = |file: File, compression| -> Result<TarWriter> {
             archive_file_writer(
                 file,
@@ -237,40 +233,50 @@ impl TarOutput {
                 name: "-".into(),
                 prefix: None,
                 location: None,
-                writer: Some(writer(Box::new(std::io::stdout()), format.compression)?),
+                writer: Some(
+                    TarWriter::new(Box::new(std::io::stdout()), format.compression, window)?
+                        .with_modes(dir_mode, file_mode),
+                ),
                 files: Vec::new(),
             });
             let scratch = match settings.fetch_wal {
-                true => Some(private_temp_dir()?),
+                true => Some(private_wal_scratch()?),
                 false => None,
             };
             (None, scratch)
         } else {
             let dest = Dest::prepare(&settings.dest, dir_mode)?;
-            let ext = format.compression.extension();
-            let mut names = vec![(format!("base{ext}"), None)];
-            for t in &linked {
-                names.push((format!("{}{ext}", t.oid), Some(*t)));
-            }
-            for (name, tablespace) in names {
-                let file = create_file(&dest.path(&name), file_mode)?;
-                archives.push(Archive {
-                    writer: Some(file_writer(file, format.compression)?),
-                    name,
-                    prefix: tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)),
-                    location: tablespace.map(|t| t.location.clone()),
-                    files: Vec::new(),
-                });
-            }
-            let scratch = match settings.fetch_wal {
-                true => Some(Dest::prepare(&dest.path(WAL_SCRATCH), 0o700)?),
-                false => None,
+            let mut fill = || -> Result<Option<Dest>> {
+                let ext = format.compression.extension();
+                let mut names = vec![(format!("base{ext}"), None)];
+                for t in &linked {
+                    names.push((format!("{}{ext}", t.oid), Some(*t)));
+                }
+                for (name, tablespace) in names {
+                    let file = create_file(&dest.path(&name), file_mode)?;
+                    archives.push(Archive {
+                        writer: Some(file_writer(file, format.compression)?),
+                        name,
+                        prefix: tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)),
+                        location: tablespace.map(|t| t.location.clone()),
+                        files: Vec::new(),
+                    });
+                }
+                match settings.fetch_wal {
+                    true => Ok(Some(wal_scratch_in(&dest.path(WAL_SCRATCH))?)),
+                    false => Ok(None),
+                }
             };
-            (Some(dest), scratch)
+            match fill() {
+                Ok(scratch) => (Some(dest), scratch),
+                Err(e) => {
+                    if let Err(cleanup) = dest.discard() {
+                        warn!("{cleanup:#}");
+                    }
+                    return Err(e);
+                }
+            }
         };
-        if let Some(scratch) = &wal_scratch {
-            scratch.create_dirs(["pg_wal"])?;
-        }
         let names: Vec<&str> = archives.iter().map(|a| a.name.as_str()).collect();
         info!(
             "tar output: {} to {}",
@@ -484,7 +490,7 @@ impl Output for TarOutput {
     }
 
     fn pack_wal(&mut self) -> Result<()> {
-        let Some(scratch) = self.wal_scratch.take() else {
+        let Some(scratch) = &self.wal_scratch else {
             return Ok(());
         };
         let mut segments = Vec::new();
@@ -518,10 +524,7 @@ impl Output for TarOutput {
                 info!("{name}: {} WAL file(s)", segments.len());
             }
         }
-        let root = scratch.root().to_path_buf();
-        drop(scratch);
-        fs::remove_dir_all(&root)
-            .with_context(|| format!("cannot remove the WAL scratch directory {}", root.display()))
+        self.wal_scratch.take().map_or(Ok(()), remove_scratch)
     }
 
     fn put_file(&self, rel: &str, data: &[u8], mtime: i64) -> Result<()> {
@@ -609,13 +612,7 @@ impl Output for TarOutput {
         drop(archives);
         match dir {
             None => {
-                if let Some(scratch) = wal_scratch {
-                    let root = scratch.root().to_path_buf();
-                    drop(scratch);
-                    fs::remove_dir_all(&root).with_context(|| {
-                        format!("cannot remove the WAL scratch directory {}", root.display())
-                    })?;
-                }
+                wal_scratch.map_or(Ok(()), remove_scratch)?;
                 warn!(
                     "the tar stream written to standard output is incomplete: it is NOT restorable"
                 );
@@ -654,14 +651,31 @@ fn create_file(path: &Path, mode: u32) -> Result<File> {
         .exit_with(Exit::Dest, || format!("cannot create {}", path.display()))
 }
 
+/// The WAL follower's directory at `root` (new, or just created by us): it
+/// writes `pg_wal/<segment>` there.
+fn wal_scratch_in(root: &Path) -> Result<Dest> {
+    let scratch = Dest::prepare(root, 0o700)?;
+    scratch.create_dirs(["pg_wal"])?;
+    Ok(scratch)
+}
+
+fn remove_scratch(scratch: Dest) -> Result<()> {
+    let root = scratch.root().to_path_buf();
+    drop(scratch);
+    fs::remove_dir_all(&root)
+        .with_context(|| format!("cannot remove the WAL scratch directory {}", root.display()))
+}
+
 /// A new directory only this process can enter, in the system's temporary
 /// directory, for the WAL of a backup written to standard output.
-fn private_temp_dir() -> Result<Dest> {
+fn private_wal_scratch() -> Result<Dest> {
     let base = std::env::temp_dir();
     for n in 0..100 {
         let path = base.join(format!("pg_basebackup-wal-{}-{n}", std::process::id()));
+        // Created here, not by Dest::prepare (which would empty an existing
+        // one): it must be new, never something planted in a shared /tmp.
         match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => return Dest::prepare(&path, 0o700),
+            Ok(()) => return wal_scratch_in(&path),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
                 return Err(e).exit_with(Exit::Dest, || {

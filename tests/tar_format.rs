@@ -5,20 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, bin_dir, run, scratch_dir, tool};
+use common::{Cluster, assert_ok, run, scratch_dir, tool, verifybackup};
 
 const VERSION: u32 = 15;
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "pg_basebackup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `tar -x` of `archive` into `into` (created), through the decompressor
 /// its name calls for.
@@ -314,13 +306,7 @@ fn pg_verifybackup_passes_on_an_extracted_tar() {
             && auto_conf.contains("primary_conninfo = '"),
         "{auto_conf}"
     );
-    let verify = |dir: &Path| {
-        Command::new(bin_dir(VERSION).join("pg_verifybackup"))
-            .arg(dir)
-            .output()
-            .unwrap()
-    };
-    let v = verify(&data);
+    let v = verifybackup(VERSION, &data);
     assert!(
         v.status.success(),
         "pg_verifybackup: {}{}",
@@ -334,7 +320,7 @@ fn pg_verifybackup_passes_on_an_extracted_tar() {
         .open(data.join(accounts))
         .unwrap();
     std::io::Write::write_all(&mut &f, b"x").unwrap();
-    assert!(!verify(&data).status.success());
+    assert!(!verifybackup(VERSION, &data).status.success());
 }
 
 #[test]

@@ -17,7 +17,6 @@ use anyhow::Result;
 use log::debug;
 
 use crate::abort::Abort;
-use crate::dest::Dest;
 use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
@@ -62,27 +61,6 @@ pub trait Sink: Sync {
     /// take its start back); otherwise it is left out.
     fn zero_fills_vanished_tail(&self) -> bool {
         false
-    }
-}
-
-impl Sink for Dest {
-    fn piece(
-        &self,
-        _held: &mut TaskBuffers,
-        task: &Task,
-        i: usize,
-        file: &FileEntry,
-        data: Option<&[u8]>,
-    ) -> Result<()> {
-        let Some(bytes) = data else { return Ok(()) };
-        let piece = task.pieces[i];
-        let is_last = piece.offset + piece.len == file.size;
-        self.write_at(
-            &file.path,
-            piece.offset,
-            bytes,
-            is_last.then_some(file.size),
-        )
     }
 }
 
@@ -196,6 +174,9 @@ fn fetch_tasks<'p>(
             return Ok(());
         };
         shared.sink.wait_turn(i, shared.abort);
+        if shared.abort.is_set() {
+            return Ok(());
+        }
         for p in &task.pieces {
             shared.integrity.wait_turn(p.file, p.offset, shared.abort);
         }

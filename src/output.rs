@@ -75,6 +75,28 @@ pub trait Output {
     fn fail(self: Box<Self>, keep_partial: bool) -> Result<()>;
 }
 
+/// A plain copy: each piece straight to its place in DEST.
+impl Sink for Dest {
+    fn piece(
+        &self,
+        _held: &mut TaskBuffers,
+        task: &Task,
+        i: usize,
+        file: &FileEntry,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let Some(bytes) = data else { return Ok(()) };
+        let piece = task.pieces[i];
+        let is_last = piece.offset + piece.len == file.size;
+        self.write_at(
+            &file.path,
+            piece.offset,
+            bytes,
+            is_last.then_some(file.size),
+        )
+    }
+}
+
 impl Output for Dest {
     fn sink(&self) -> &dyn Sink {
         self

@@ -27,7 +27,9 @@ use crate::reader::{Fetched, Reader};
 pub struct CopyOutcome {
     pub bytes: u64,
     /// Files that vanished on the server while we copied them (dropped
-    /// tables): removed from DEST, WAL replay agrees they are gone.
+    /// tables), except those the sink keeps zero-filled
+    /// ([`Sink::zero_fills_vanished_tail`]): removed from DEST or left out
+    /// of the tar; WAL replay agrees they are gone.
     pub vanished: BTreeSet<usize>,
 }
 

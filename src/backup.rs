@@ -23,7 +23,8 @@ use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
-use crate::plan::{self, Plan};
+use crate::output::{AUTO_CONF, Output, TarOutput};
+use crate::plan;
 use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
@@ -178,7 +179,7 @@ fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
     sum.finish()
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -186,7 +187,9 @@ fn unix_now() -> i64 {
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let started = Instant::now();
-    dest::check(&settings.dest, settings.force)?;
+    if !settings.tar.is_some_and(|t| t.to_stdout) {
+        dest::check(&settings.dest, settings.force)?;
+    }
     let (mut control, info) = open_control(spec)?;
     server::check_free_connections(
         &mut control,
@@ -211,10 +214,17 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
     let tablespaces = server::tablespaces(aux)?;
-    let targets = tablespace_targets(&tablespaces, &settings.tablespace_mapping)?;
+    // A tar keeps the links to the original locations: nothing is written there.
+    let targets = match settings.tar {
+        Some(_) => Vec::new(),
+        None => tablespace_targets(&tablespaces, &settings.tablespace_mapping)?,
+    };
     let slot_obstacle = server::slot_obstacle(aux)?;
 
-    let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
+    let mut out: Box<dyn Output> = match settings.tar {
+        None => Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
+        Some(_) => Box::new(TarOutput::create(settings, &info, &tablespaces)?),
+    };
     let run = Run {
         settings,
         spec,
@@ -229,7 +239,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         readers,
         wal_reader,
         slot_obstacle,
-        &mut dest,
+        &mut *out,
     );
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
@@ -264,16 +274,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                      with a restore_command that fetches the WAL written during the backup"
                 );
             }
-            if done.manifest_written {
-                info!(
-                    "backup_manifest written; check the copy with: pg_verifybackup {}",
-                    shell_quote(dest.root())
-                );
-            }
-            println!(
-                "pg_basebackup: backup complete; start the copy with: pg_ctl -D {} start",
-                shell_quote(dest.root())
-            );
+            out.announce(done.manifest_written);
             if !done.page_failures.is_empty() {
                 bail_with!(
                     Exit::Corrupt,
@@ -291,12 +292,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             } else {
                 e
             };
-            if settings.keep_partial {
-                warn!(
-                    "the partial copy in {} was kept (-n); it is NOT restorable",
-                    dest.root().display()
-                );
-            } else if let Err(cleanup) = dest.discard() {
+            if let Err(cleanup) = out.fail(settings.keep_partial) {
                 warn!("{cleanup:#}");
             }
             Err(e)
@@ -321,7 +317,7 @@ fn backup_into(
     mut readers: Vec<Reader>,
     wal_reader: Option<Reader>,
     slot_obstacle: Option<String>,
-    dest: &mut Dest,
+    out: &mut dyn Output,
 ) -> Result<Finished> {
     let Run {
         settings,
@@ -374,7 +370,7 @@ fn backup_into(
     for s in &plan.skipped {
         log::debug!("skipped {s}");
     }
-    create_layout(dest, &plan, targets, info)?;
+    out.layout(&plan, info, targets)?;
     let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
     let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
         .then_some(PageVerification {
@@ -403,11 +399,13 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        let wal_dest = out.wal_dest();
         let wal_thread = follower.take().map(|mut f| {
-            let (dest, wal_done) = (&*dest, &wal_done);
+            let wal_done = &wal_done;
             std::thread::Builder::new()
                 .name("wal".into())
                 .spawn_scoped(s, move || -> Result<WalFollower> {
+                    let dest = wal_dest.context("no directory for the WAL")?;
                     let r = f.follow(dest, settings.wal_poll, abort, wal_done);
                     if r.is_err() {
                         abort.fail();
@@ -419,7 +417,7 @@ fn backup_into(
         let copied = copy::copy_files(
             std::mem::take(&mut readers),
             &plan,
-            dest,
+            out.sink(),
             &integrity,
             &|| open_reader(spec, settings, WORKER_NAME),
             abort,
@@ -448,24 +446,27 @@ fn backup_into(
     info!("backup stopped at {}", server::format_lsn(stop.lsn));
     let (mut wal_bytes, mut wal_segments) = (0, 0);
     if let Some(mut f) = follower {
+        let dest = out.wal_dest().context("no directory for the WAL")?;
         f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
         (wal_bytes, wal_segments) = (f.bytes_fetched, f.segments_copied());
     }
     progress.finish();
     for &i in &copied.vanished {
-        dest.remove_file(&plan.files[i].path)?;
+        out.drop_vanished(&plan.files[i].path)?;
     }
     if abort.is_set() {
         anyhow::bail!("backup interrupted");
     }
     if settings.sync {
-        dest.sync()?;
+        out.sync_data()?;
     }
+    out.pack_wal()?;
+    let now = unix_now();
     let tablespace_map = mapped_tablespace_map(&stop.tablespace_map, targets, info.major());
     if !tablespace_map.is_empty() {
-        dest.write_file("tablespace_map", tablespace_map.as_bytes())?;
+        out.put_file("tablespace_map", tablespace_map.as_bytes(), now)?;
     }
-    dest.write_file("backup_label", stop.label_file.as_bytes())?;
+    out.put_file("backup_label", stop.label_file.as_bytes(), now)?;
     if let Some(alg) = manifest_alg {
         let manifest = ManifestWriter::new(info.major(), info.system_identifier, alg);
         for (i, f) in plan.files.iter().enumerate() {
@@ -478,7 +479,6 @@ fn backup_into(
                 );
             }
         }
-        let now = unix_now();
         let mut in_memory = vec![("backup_label", stop.label_file.as_bytes(), now)];
         if !tablespace_map.is_empty() {
             in_memory.push(("tablespace_map", tablespace_map.as_bytes(), now));
@@ -499,14 +499,15 @@ fn backup_into(
             start_lsn,
             end_lsn: stop.lsn,
         };
-        dest.write_file("backup_manifest", &manifest.finish(&[wal])?)?;
+        out.put_manifest(manifest.finish(&[wal])?)?;
     }
     if settings.write_recovery_conf {
-        write_recovery_conf(dest, spec, info)?;
+        write_recovery_conf(out, spec, info, now)?;
     }
-    if let Some(bytes) = pg_control {
-        dest.write_file(plan::PG_CONTROL, &bytes)?;
+    if let (Some(i), Some(bytes)) = (plan.pg_control, pg_control) {
+        out.put_file(plan::PG_CONTROL, &bytes, plan.files[i].mtime)?;
     }
+    out.finish()?;
     Ok(Finished {
         files: plan.files.len() - copied.vanished.len(),
         bytes: copied.bytes,
@@ -520,42 +521,32 @@ fn backup_into(
 /// -R: make the copy start as a streaming standby of the source. The
 /// password goes into the file only if the DSN itself held it (not from
 /// PGPASSWORD or .pgpass), as PostgreSQL's pg_basebackup does.
-fn write_recovery_conf(dest: &Dest, spec: &ConnSpec, info: &ServerInfo) -> Result<()> {
+fn write_recovery_conf(
+    out: &dyn Output,
+    spec: &ConnSpec,
+    info: &ServerInfo,
+    now: i64,
+) -> Result<()> {
     let conninfo = spec.conninfo_for_standby(spec.password_from_dsn());
     let setting = format!(
         "primary_conninfo = '{}'\n",
         conninfo.replace('\\', "\\\\").replace('\'', "''")
     );
     if info.major() >= 12 {
-        let auto_conf = dest.path("postgresql.auto.conf");
-        let mut contents = std::fs::read(&auto_conf).unwrap_or_default();
+        let mut contents = out.copied_file(AUTO_CONF);
         if !contents.is_empty() && !contents.ends_with(b"\n") {
             contents.push(b'\n');
         }
         contents.extend_from_slice(setting.as_bytes());
-        dest.write_file("postgresql.auto.conf", &contents)?;
-        dest.write_file("standby.signal", b"")
+        out.put_file(AUTO_CONF, &contents, now)?;
+        out.put_file("standby.signal", b"", now)
     } else {
-        dest.write_file(
+        out.put_file(
             "recovery.conf",
             format!("standby_mode = 'on'\n{setting}").as_bytes(),
+            now,
         )
     }
-}
-
-/// Directories, tablespace links and the empty directories the server needs.
-fn create_layout(
-    dest: &mut Dest,
-    plan: &Plan,
-    targets: &[(u32, PathBuf)],
-    info: &ServerInfo,
-) -> Result<()> {
-    dest.create_dirs(["global", "pg_tblspc"])?;
-    for (oid, target) in targets {
-        dest.link_tablespace(*oid, target)?;
-    }
-    dest.create_dirs(plan.dirs.iter().map(String::as_str))?;
-    dest.create_dirs(plan::required_empty_dirs(info.major()))
 }
 
 /// Run `f` on `client`, sending the server a cancel request if `abort` is
@@ -597,7 +588,7 @@ fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn shell_quote(p: &Path) -> String {
+pub(crate) fn shell_quote(p: &Path) -> String {
     let s = p.to_string_lossy();
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b))

@@ -146,6 +146,21 @@ pub struct Args {
     /// Write the tablespace in OLDDIR to NEWDIR instead (both absolute).
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     pub tablespace_mapping: Vec<String>,
+
+    /// Output format: p (plain data directory, default) or t (tar archives
+    /// base.tar, pg_wal.tar and <oid>.tar per tablespace; DEST - writes one
+    /// tar to standard output).
+    #[arg(short = 'F', long, value_name = "p|t", default_value = "p", value_parser = ["p", "plain", "t", "tar"])]
+    pub format: String,
+
+    /// Compress the tar output with gzip (the same as -Z gzip).
+    #[arg(short = 'z', long, conflicts_with = "compress")]
+    pub gzip: bool,
+
+    /// Compress the tar output: gzip[:LEVEL], lz4, zstd[:LEVEL] or none, or
+    /// a gzip level 0-9 (as PostgreSQL's pg_basebackup).
+    #[arg(short = 'Z', long, value_name = "METHOD[:LEVEL]")]
+    pub compress: Option<String>,
 }
 
 /// What the program does, once the flags have been checked.
@@ -187,6 +202,15 @@ pub struct Settings {
     pub read_options: std::sync::Arc<crate::reader::ReadOptions>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+    /// -F t: tar archives instead of a plain directory.
+    pub tar: Option<TarFormat>,
+}
+
+/// `-F t` and its compression; DEST `-` means standard output.
+#[derive(Debug, Clone, Copy)]
+pub struct TarFormat {
+    pub compression: crate::tar_out::TarCompression,
+    pub to_stdout: bool,
 }
 
 /// Parse `OLDDIR=NEWDIR` as pg_basebackup does: `\=` is a literal `=`.
@@ -326,6 +350,7 @@ impl Args {
             .map(|m| parse_mapping(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::Error::new(crate::error::Failure::new(Exit::Usage, e)))?;
+        let tar = self.tar_format(&mode)?;
         Ok(Settings {
             mode,
             dsn: self.dsn,
@@ -349,11 +374,60 @@ impl Args {
             } else {
                 crate::progress::ProgressStyle::Off
             },
+            tar,
             read_options: crate::reader::ReadOptions::new(
                 self.max_rate.map(crate::throttle::Throttle::new),
                 self.wire_compression,
             ),
         })
+    }
+
+    /// -F, -z, -Z and DEST `-`, checked against the mode and the other flags.
+    fn tar_format(&self, mode: &Mode) -> Result<Option<TarFormat>> {
+        use crate::tar_out::{GZIP_DEFAULT_LEVEL, TarCompression, parse_compression};
+        let compression = match (&self.compress, self.gzip) {
+            (Some(spec), _) => parse_compression(spec).map_err(|e| {
+                anyhow::Error::new(crate::error::Failure::new(
+                    Exit::Usage,
+                    format!("-Z/--compress: {e:#}"),
+                ))
+            })?,
+            (None, true) => TarCompression::Gzip(GZIP_DEFAULT_LEVEL),
+            (None, false) => TarCompression::None,
+        };
+        let to_stdout = self.dest.as_deref() == Some(std::path::Path::new("-"));
+        if !matches!(self.format.as_str(), "t" | "tar") {
+            if compression != TarCompression::None {
+                bail_with!(
+                    Exit::Usage,
+                    "only tar output can be compressed: -z/-Z need -F t"
+                );
+            }
+            if to_stdout && !matches!(mode, Mode::Clean) {
+                bail_with!(
+                    Exit::Usage,
+                    "DEST - (standard output) needs -F t; for a directory named -, write ./-"
+                );
+            }
+            return Ok(None);
+        }
+        if !matches!(mode, Mode::Backup) {
+            bail_with!(
+                Exit::Usage,
+                "-F t applies to a backup only, not to -S or --clean (they work on a plain directory)"
+            );
+        }
+        if !self.tablespace_mapping.is_empty() {
+            bail_with!(
+                Exit::Usage,
+                "-T is only supported with -F p: a tar backup keeps the tablespace links to their \
+                 original locations (relocate them when extracting)"
+            );
+        }
+        Ok(Some(TarFormat {
+            compression,
+            to_stdout,
+        }))
     }
 }
 
@@ -413,6 +487,13 @@ mod tests {
             &["--clean", "-x", "dsn"],
             &["--chunk-size", "10", "dsn", "d"],
             &["-T", "relative=/x", "dsn", "d"],
+            &["-z", "dsn", "d"],
+            &["-Z", "zstd", "dsn", "d"],
+            &["-F", "t", "-Z", "brotli", "dsn", "d"],
+            &["-F", "t", "-Z", "gzip:10", "dsn", "d"],
+            &["-F", "t", "-S", "-x", "dsn", "d"],
+            &["-F", "t", "-T", "/a=/b", "dsn", "d"],
+            &["dsn", "-"],
         ] {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");
@@ -421,6 +502,35 @@ mod tests {
             settings(&["dsn"]).is_err(),
             "DEST is required without --clean"
         );
+    }
+
+    #[test]
+    fn tar_format_and_compression() {
+        use crate::tar_out::TarCompression;
+        assert!(settings(&["dsn", "d"]).unwrap().tar.is_none());
+        let t = settings(&["-F", "t", "dsn", "d"]).unwrap().tar.unwrap();
+        assert_eq!(t.compression, TarCompression::None);
+        assert!(!t.to_stdout);
+        let t = settings(&["-F", "tar", "-z", "-R", "dsn", "-"])
+            .unwrap()
+            .tar
+            .unwrap();
+        assert_eq!(t.compression, TarCompression::Gzip(6));
+        assert!(t.to_stdout);
+        for (spec, want) in [
+            ("lz4", TarCompression::Lz4),
+            ("zstd:5", TarCompression::Zstd(5)),
+            ("9", TarCompression::Gzip(9)),
+            ("0", TarCompression::None),
+        ] {
+            let t = settings(&["-F", "t", "-Z", spec, "dsn", "d"]).unwrap().tar;
+            assert_eq!(t.unwrap().compression, want, "{spec}");
+        }
+        assert!(
+            settings(&["-Z", "none", "dsn", "d"]).unwrap().tar.is_none(),
+            "-Z none is no compression, which plain output is"
+        );
+        assert!(settings(&["-F", "t", "-z", "-Z", "lz4", "dsn", "d"]).is_err());
     }
 
     #[test]

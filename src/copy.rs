@@ -5,7 +5,9 @@
 //! hot path, and tasks are taken in plan order (biggest files first), so the
 //! chunks of a file are handed out in file order. Each worker owns one
 //! session with a prepared read statement and a writer thread; bytes go from
-//! the protocol buffer to `pwrite` without another copy.
+//! the protocol buffer to `pwrite` without another copy. Where they go is a
+//! [`Sink`]: DEST itself, or the tar output (`output.rs`), which needs the
+//! tasks in order and so gets to hold a fetch back until its turn.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +17,9 @@ use anyhow::Result;
 use log::debug;
 
 use crate::abort::Abort;
-use crate::dest::Dest;
 use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
-use crate::plan::{Plan, Task};
+use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
 use crate::reader::{Fetched, Reader};
 
@@ -27,13 +28,48 @@ use crate::reader::{Fetched, Reader};
 pub struct CopyOutcome {
     pub bytes: u64,
     /// Files that vanished on the server while we copied them (dropped
-    /// tables): removed from DEST, WAL replay agrees they are gone.
+    /// tables), except those the sink keeps zero-filled
+    /// ([`Sink::zero_fills_vanished_tail`]): removed from DEST or left out
+    /// of the tar; WAL replay agrees they are gone.
     pub vanished: BTreeSet<usize>,
+}
+
+/// The bytes of one task that a sink keeps until the task is complete,
+/// one entry per piece (`None`: nothing kept, or the file was gone).
+pub type TaskBuffers = Vec<Option<Vec<u8>>>;
+
+/// Where the workers put what they read.
+pub trait Sink: Sync {
+    /// Called on the fetch thread before task `index` is read.
+    fn wait_turn(&self, _index: usize, _abort: &Abort) {}
+
+    /// Piece `i` of `task`: the bytes the server returned (fewer if the
+    /// file shrank), `None` if the file was gone.
+    fn piece(
+        &self,
+        held: &mut TaskBuffers,
+        task: &Task,
+        i: usize,
+        file: &FileEntry,
+        data: Option<&[u8]>,
+    ) -> Result<()>;
+
+    /// After every piece of task `index`.
+    fn end_task(&self, _index: usize, _task: &Task, _held: TaskBuffers) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether a file that vanishes after its first piece stays in the copy
+    /// at its listed size with zeros for the missing bytes (a stream cannot
+    /// take its start back); otherwise it is left out.
+    fn zero_fills_vanished_tail(&self) -> bool {
+        false
+    }
 }
 
 struct Shared<'a> {
     plan: &'a Plan,
-    dest: &'a Dest,
+    sink: &'a dyn Sink,
     next: AtomicUsize,
     bytes: AtomicU64,
     vanished: Mutex<BTreeSet<usize>>,
@@ -55,7 +91,7 @@ pub type Reconnect<'a> = &'a (dyn Fn() -> Result<Reader> + Sync);
 pub fn copy_files(
     readers: Vec<Reader>,
     plan: &Plan,
-    dest: &Dest,
+    sink: &dyn Sink,
     integrity: &Integrity,
     reconnect: Reconnect,
     abort: &Abort,
@@ -65,7 +101,7 @@ pub fn copy_files(
         integrity,
         progress,
         plan,
-        dest,
+        sink,
         next: AtomicUsize::new(0),
         bytes: AtomicU64::new(0),
         vanished: Mutex::default(),
@@ -108,12 +144,12 @@ pub fn copy_files(
 /// channel bounds a worker to two requests in memory.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
-        let (tx, rx) = mpsc::sync_channel::<(&Task, Fetched)>(0);
+        let (tx, rx) = mpsc::sync_channel::<(usize, &Task, Fetched)>(0);
         let writer = s.spawn(move || -> Result<Vec<Suspect>> {
             let mut inflated = Vec::new();
             let mut suspects = Vec::new();
-            for (task, fetched) in rx {
-                write_task(shared, task, &fetched, &mut inflated, &mut suspects)?;
+            for (index, task, fetched) in rx {
+                write_task(shared, index, task, &fetched, &mut inflated, &mut suspects)?;
             }
             Ok(suspects)
         });
@@ -132,7 +168,7 @@ fn fetch_tasks<'p>(
     reader: &mut Reader,
     shared: &Shared<'p>,
     reconnect: Reconnect,
-    tx: &mpsc::SyncSender<(&'p Task, Fetched)>,
+    tx: &mpsc::SyncSender<(usize, &'p Task, Fetched)>,
 ) -> Result<()> {
     let files = &shared.plan.files;
     loop {
@@ -143,6 +179,10 @@ fn fetch_tasks<'p>(
         let Some(task) = shared.plan.tasks.get(i) else {
             return Ok(());
         };
+        shared.sink.wait_turn(i, shared.abort);
+        if shared.abort.is_set() {
+            return Ok(());
+        }
         for p in &task.pieces {
             shared.integrity.wait_turn(p.file, p.offset, shared.abort);
         }
@@ -159,7 +199,7 @@ fn fetch_tasks<'p>(
                 Err(e) => replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?,
             }
         };
-        if tx.send((task, fetched)).is_err() {
+        if tx.send((i, task, fetched)).is_err() {
             return Ok(()); // the writer stopped; it reports why
         }
     }
@@ -192,34 +232,43 @@ pub fn replace_lost_session(
     Ok(())
 }
 
-/// Write the rows of one request to their places in DEST and account for
-/// them (checksums, page verification); pages that fail verification are
+/// Hand the rows of one request to the sink and account for them
+/// (checksums, page verification); pages that fail verification are
 /// collected for one re-read.
 fn write_task(
     shared: &Shared,
+    index: usize,
     task: &Task,
     fetched: &Fetched,
     inflated: &mut Vec<u8>,
     suspects: &mut Vec<Suspect>,
 ) -> Result<()> {
     let files = &shared.plan.files;
+    let mut held = TaskBuffers::new();
     fetched.deliver(inflated, |i, data| {
         let piece = task.pieces[i];
         let file = &files[piece.file];
+        shared.sink.piece(&mut held, task, i, file, data)?;
         match data {
+            // The sink keeps the file at its size: the checksum covers the
+            // zeros (unless the file is left out entirely anyway).
+            None if piece.offset > 0 && shared.sink.zero_fills_vanished_tail() => {
+                debug!(
+                    "{} vanished during the backup; its tail is zeros",
+                    file.path
+                );
+                if !shared.vanished.lock().unwrap().contains(&piece.file) {
+                    shared
+                        .integrity
+                        .observe(piece.file, file, piece.offset, piece.len, &[])?;
+                }
+            }
             None => {
                 debug!("{} vanished during the backup", file.path);
                 shared.vanished.lock().unwrap().insert(piece.file);
                 shared.integrity.mark_vanished(piece.file);
             }
             Some(bytes) => {
-                let is_last = piece.offset + piece.len == file.size;
-                shared.dest.write_at(
-                    &file.path,
-                    piece.offset,
-                    bytes,
-                    is_last.then_some(file.size),
-                )?;
                 shared
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -234,7 +283,8 @@ fn write_task(
             }
         }
         Ok(())
-    })
+    })?;
+    shared.sink.end_task(index, task, held)
 }
 
 /// A page may fail its checksum because a write tore it while we read it;

@@ -10,6 +10,7 @@ mod dest;
 mod error;
 mod integrity;
 mod manifest;
+mod output;
 mod pagecheck;
 mod paths;
 mod plan;

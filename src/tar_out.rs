@@ -48,7 +48,6 @@
 //! uid/gid 0 with user and group name `postgres`, as PostgreSQL's
 //! pg_basebackup names them: GNU tar run as root maps files to the local
 //! `postgres` user.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -5,20 +5,12 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ClusterOptions, run, scratch_dir, tool};
+use common::{Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
 
 const VERSION: u32 = 15;
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "pg_basebackup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Sessions of our tool still connected to the source.
 fn our_sessions(c: &Cluster) -> String {

@@ -4,16 +4,8 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Output};
 
-use common::{Cluster, ClusterOptions, bin_dir, run, scratch_dir};
-
-fn verifybackup(major: u32, dir: &std::path::Path) -> Output {
-    Command::new(bin_dir(major).join("pg_verifybackup"))
-        .arg(dir)
-        .output()
-        .unwrap()
-}
+use common::{Cluster, ClusterOptions, run, scratch_dir, verifybackup};
 
 #[test]
 fn pg_verifybackup_accepts_the_manifest_and_catches_a_changed_byte() {

@@ -847,6 +847,23 @@ pub fn run(args: &[&str]) -> Output {
     tool().args(args).output().expect("run pg_basebackup")
 }
 
+/// Panic with the tool's stderr unless it succeeded.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "pg_basebackup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `pg_verifybackup DIR` of a major version.
+pub fn verifybackup(major: u32, dir: &Path) -> Output {
+    Command::new(bin_dir(major).join("pg_verifybackup"))
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 /// The minimal grants for a backup role (README, "A role that is not a superuser").
 pub fn grant_backup_privileges(cluster: &Cluster, role: &str) {
     let backup_functions = if cluster.version >= 15 {

@@ -19,6 +19,7 @@ use crate::abort::Abort;
 use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
+use crate::delta::{self, Delta};
 use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
@@ -93,9 +94,12 @@ fn clean(spec: &ConnSpec) -> Result<()> {
 /// Where each linked tablespace goes in a plain copy: its -T mapping, else
 /// its own path (which must then be empty, so a copy on the server's host
 /// never writes into the live tablespace).
+/// `earlier` are the tablespace links of a copy --delta refreshes: their
+/// targets are part of it.
 fn tablespace_targets(
     tablespaces: &[Tablespace],
     mapping: &[(PathBuf, PathBuf)],
+    earlier: &[(u32, PathBuf)],
 ) -> Result<Vec<(u32, PathBuf)>> {
     for (old, _) in mapping {
         if !tablespaces.iter().any(|t| Path::new(&t.location) == old) {
@@ -114,6 +118,10 @@ fn tablespace_targets(
             .find(|(old, _)| old == location)
             .map(|(_, new)| new.clone());
         let target = target.unwrap_or_else(|| location.to_path_buf());
+        if earlier.contains(&(t.oid, target.clone())) {
+            targets.push((t.oid, target));
+            continue;
+        }
         dest::check(&target, false).map_err(|e| {
             e.context(Failure::new(
                 Exit::Dest,
@@ -184,8 +192,17 @@ fn unix_now() -> i64 {
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let started = Instant::now();
-    dest::check(&settings.dest, settings.force)?;
+    let earlier = match settings.delta {
+        Some(options) => Some(delta::inspect(&settings.dest, options)?),
+        None => {
+            dest::check(&settings.dest, settings.force)?;
+            None
+        }
+    };
     let (mut control, info) = open_control(spec)?;
+    if let Some(earlier) = &earlier {
+        delta::check_server(earlier, &info)?;
+    }
     server::check_free_connections(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal),
@@ -208,10 +225,22 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
     let tablespaces = server::tablespaces(aux)?;
-    let targets = tablespace_targets(&tablespaces, &settings.tablespace_mapping)?;
+    let earlier_links = match earlier {
+        Some(_) => delta::tablespace_links(&settings.dest),
+        None => Vec::new(),
+    };
+    let targets = tablespace_targets(&tablespaces, &settings.tablespace_mapping, &earlier_links)?;
     let slot_obstacle = server::slot_obstacle(aux)?;
 
-    let mut dest = Dest::prepare(&settings.dest, info.data_directory_mode)?;
+    // A refresh keeps DEST as it is, also when it fails (it resumes).
+    let mut dest = match earlier {
+        Some(_) => Dest::open_shared(&settings.dest, info.data_directory_mode)?,
+        None => Dest::prepare(&settings.dest, info.data_directory_mode)?,
+    };
+    let mut delta = match earlier {
+        Some(e) => Some(Delta::begin(e, &dest, &info, readers[0].client())?),
+        None => None,
+    };
     let run = Run {
         settings,
         spec,
@@ -227,12 +256,16 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         wal_reader,
         slot_obstacle,
         &mut dest,
+        delta.as_mut(),
     );
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
     drop(control);
     match result {
         Ok(done) => {
+            if let Some(d) = delta {
+                d.finish(&dest, done.bytes)?;
+            }
             let secs = started.elapsed().as_secs_f64();
             info!(
                 "copied {} files, {} MB of data and {} MB of WAL in {:.1} s ({:.0} MB/s)",
@@ -286,7 +319,12 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             } else {
                 e
             };
-            if settings.keep_partial {
+            if delta.is_some() {
+                warn!(
+                    "the partial copy in {} was kept; it is NOT restorable, run again with --delta to resume",
+                    dest.root().display()
+                );
+            } else if settings.keep_partial {
                 warn!(
                     "the partial copy in {} was kept (-n); it is NOT restorable",
                     dest.root().display()
@@ -317,6 +355,7 @@ fn backup_into(
     wal_reader: Option<Reader>,
     slot_obstacle: Option<String>,
     dest: &mut Dest,
+    mut delta: Option<&mut Delta>,
 ) -> Result<Finished> {
     let Run {
         settings,
@@ -369,6 +408,9 @@ fn backup_into(
     for s in &plan.skipped {
         log::debug!("skipped {s}");
     }
+    if let Some(d) = delta.as_deref_mut() {
+        d.prune(&plan, targets, info.major())?;
+    }
     create_layout(dest, &plan, targets, info)?;
     let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
     let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
@@ -416,6 +458,7 @@ fn backup_into(
             &integrity,
             &|| open_reader(spec, settings, WORKER_NAME),
             abort,
+            delta.as_deref(),
         );
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread
@@ -644,6 +687,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         &integrity,
         &|| open_reader(spec, settings, WORKER_NAME),
         abort,
+        None,
     )?;
     for &i in &copied.vanished {
         dest.remove_file(&plan.files[i].path)?;

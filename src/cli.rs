@@ -142,6 +142,17 @@ pub struct Args {
     /// Write the tablespace in OLDDIR to NEWDIR instead (both absolute).
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     pub tablespace_mapping: Vec<String>,
+
+    /// Refresh (or resume) an earlier copy of the same cluster in DEST:
+    /// fetch only the chunks whose hash on the server differs from DEST's.
+    #[arg(long)]
+    pub delta: bool,
+
+    /// With --delta: do not even hash files whose size and mtime match the
+    /// earlier copy's manifest and that are older than its start (faster,
+    /// trusts the server's mtimes).
+    #[arg(long, requires = "delta")]
+    pub trust_mtime: bool,
 }
 
 /// What the program does, once the flags have been checked.
@@ -181,6 +192,8 @@ pub struct Settings {
     pub read_options: std::sync::Arc<crate::reader::ReadOptions>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
+    /// --delta: refresh the copy already in DEST.
+    pub delta: Option<crate::delta::Options>,
 }
 
 /// Parse `OLDDIR=NEWDIR` as pg_basebackup does: `\=` is a literal `=`.
@@ -314,6 +327,14 @@ impl Args {
         if self.label.len() > 1024 {
             bail_with!(Exit::Usage, "-l/--label is longer than 1024 bytes");
         }
+        if self.delta && (self.auxiliary || self.stdin || self.clean || self.force) {
+            bail_with!(
+                Exit::Usage,
+                "--delta refreshes a whole copy in place: it cannot be combined with -S, --stdin, --clean or -f"
+            );
+        }
+        // --delta writes a plain directory: refuse it here with any other
+        // output format once there is a format flag.
         let tablespace_mapping = self
             .tablespace_mapping
             .iter()
@@ -338,6 +359,9 @@ impl Args {
             manifest: (!self.no_manifest).then_some(self.manifest_checksums),
             verify_page_checksums: !self.no_verify_checksums,
             write_recovery_conf: self.write_recovery_conf,
+            delta: self.delta.then_some(crate::delta::Options {
+                trust_mtime: self.trust_mtime,
+            }),
             read_options: crate::reader::ReadOptions::new(
                 self.max_rate.map(crate::throttle::Throttle::new),
                 self.wire_compression,
@@ -402,6 +426,8 @@ mod tests {
             &["--clean", "-x", "dsn"],
             &["--chunk-size", "10", "dsn", "d"],
             &["-T", "relative=/x", "dsn", "d"],
+            &["--delta", "-f", "dsn", "d"],
+            &["--delta", "-S", "--stdin", "dsn", "d"],
         ] {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");

@@ -7,6 +7,7 @@
 //! session with a prepared read statement and a writer thread; bytes go from
 //! the protocol buffer to `pwrite` without another copy.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -15,6 +16,7 @@ use anyhow::Result;
 use log::debug;
 
 use crate::abort::Abort;
+use crate::delta::Delta;
 use crate::dest::Dest;
 use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
@@ -39,6 +41,8 @@ struct Shared<'a> {
     first_error: Mutex<Option<anyhow::Error>>,
     abort: &'a Abort,
     integrity: &'a Integrity,
+    /// --delta: chunks DEST already holds are not fetched.
+    delta: Option<&'a Delta>,
 }
 
 /// Copy every task of the plan with one thread per reader; returns the
@@ -57,9 +61,11 @@ pub fn copy_files(
     integrity: &Integrity,
     reconnect: Reconnect,
     abort: &Abort,
+    delta: Option<&Delta>,
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
         integrity,
+        delta,
         plan,
         dest,
         next: AtomicUsize::new(0),
@@ -104,12 +110,12 @@ pub fn copy_files(
 /// channel bounds a worker to two requests in memory.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
-        let (tx, rx) = mpsc::sync_channel::<(&Task, Fetched)>(0);
+        let (tx, rx) = mpsc::sync_channel::<(Cow<Task>, Fetched)>(0);
         let writer = s.spawn(move || -> Result<Vec<Suspect>> {
             let mut inflated = Vec::new();
             let mut suspects = Vec::new();
             for (task, fetched) in rx {
-                write_task(shared, task, &fetched, &mut inflated, &mut suspects)?;
+                write_task(shared, &task, &fetched, &mut inflated, &mut suspects)?;
             }
             Ok(suspects)
         });
@@ -128,7 +134,7 @@ fn fetch_tasks<'p>(
     reader: &mut Reader,
     shared: &Shared<'p>,
     reconnect: Reconnect,
-    tx: &mpsc::SyncSender<(&'p Task, Fetched)>,
+    tx: &mpsc::SyncSender<(Cow<'p, Task>, Fetched)>,
 ) -> Result<()> {
     let files = &shared.plan.files;
     loop {
@@ -141,6 +147,20 @@ fn fetch_tasks<'p>(
         };
         for p in &task.pieces {
             shared.integrity.wait_turn(p.file, p.offset, shared.abort);
+        }
+        let task = match shared.delta {
+            Some(d) => d.to_fetch(
+                reader,
+                task,
+                files,
+                shared.integrity,
+                reconnect,
+                shared.abort,
+            )?,
+            None => Cow::Borrowed(task),
+        };
+        if task.pieces.is_empty() {
+            continue;
         }
         let ranges: Vec<_> = task
             .pieces

@@ -236,6 +236,17 @@ fn write_task(
                     bytes,
                     is_last.then_some(file.size),
                 )?;
+                if (bytes.len() as u64) < piece.len {
+                    // The file shrank: zeros in the rest of the range, as in
+                    // a fresh copy (where --delta keeps older bytes there).
+                    let zeros = vec![0; (piece.len - bytes.len() as u64) as usize];
+                    shared.dest.write_at(
+                        &file.path,
+                        piece.offset + bytes.len() as u64,
+                        &zeros,
+                        None,
+                    )?;
+                }
                 shared
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);

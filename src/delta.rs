@@ -276,11 +276,7 @@ impl Delta {
         for f in REMOVED_FIRST {
             dest.remove_file(f)?;
         }
-        File::open(dest.root())
-            .and_then(|d| d.sync_all())
-            .exit_with(Exit::Dest, || {
-                format!("cannot fsync {}", dest.root().display())
-            })?;
+        sync_root(dest)?;
         let earlier_start = match &earlier.mtimes {
             Some(m) => match server_epoch(aux, &m.start_time) {
                 Ok(t) => Some(t),
@@ -464,11 +460,7 @@ impl Delta {
     /// what the refresh saved.
     pub fn finish(self, dest: &Dest, fetched_bytes: u64) -> Result<()> {
         dest.remove_file(MARKER)?;
-        File::open(dest.root())
-            .and_then(|d| d.sync_all())
-            .exit_with(Exit::Dest, || {
-                format!("cannot fsync {}", dest.root().display())
-            })?;
+        sync_root(dest)?;
         let summary = format!(
             "delta: {} bytes compared, {} bytes kept unhashed (--trust-mtime), {} bytes fetched in {} ranges, {:.1} s",
             self.compared_bytes.load(Ordering::Relaxed),
@@ -523,6 +515,15 @@ fn server_hashes(
         *slot = row.get::<_, Option<Vec<Vec<u8>>>>(1);
     }
     Ok(hashes)
+}
+
+/// Make DEST's own entries (the marker, removed files) durable.
+fn sync_root(dest: &Dest) -> Result<()> {
+    File::open(dest.root())
+        .and_then(|d| d.sync_all())
+        .exit_with(Exit::Dest, || {
+            format!("cannot fsync {}", dest.root().display())
+        })
 }
 
 /// Maximal runs of equal values: (first, end, value), `end` exclusive.

@@ -92,6 +92,16 @@ fn snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
     out
 }
 
+fn full_backup(src: &Cluster, dest: &Path) {
+    assert_ok(&run(&[
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]));
+}
+
 fn delta(src: &Cluster, dest: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["--delta", "-j", "2", "-x", "-c", "fast"];
     args.extend_from_slice(extra);
@@ -120,16 +130,7 @@ fn refresh_after_pgbench_writes_fetches_little_and_restores() {
     let cold = src.psql("SELECT pg_relation_filepath('cold')");
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    let out = run(&[
-        "-j",
-        "2",
-        "-x",
-        "-c",
-        "fast",
-        &src.dsn(),
-        dest.to_str().unwrap(),
-    ]);
-    assert_ok(&out);
+    full_backup(&src, &dest);
     let full_bytes = tree_bytes(&dest);
 
     // The source moves on; DEST gains a stray file and a damaged chunk in a
@@ -251,13 +252,7 @@ fn a_copy_of_another_cluster_is_refused_and_untouched() {
     let b = Cluster::start(VERSION);
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
-    assert_ok(&run(&[
-        "-x",
-        "-c",
-        "fast",
-        &a.dsn(),
-        dest.to_str().unwrap(),
-    ]));
+    full_backup(&a, &dest);
     let before = snapshot(&dest);
     let out = delta(&b, &dest, &[]);
     assert_eq!(out.status.code(), Some(5));
@@ -299,4 +294,77 @@ fn postgresql_10_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL 11"));
     assert!(!dest.exists(), "nothing written");
+}
+
+#[test]
+fn tablespaces_of_the_earlier_copy_are_refreshed_and_dropped_ones_emptied() {
+    let src = Cluster::start(VERSION);
+    let scratch = scratch_dir();
+    let (live1, live2) = (scratch.path().join("ts1"), scratch.path().join("ts2"));
+    let (copy1, copy2) = (
+        scratch.path().join("ts1-copy"),
+        scratch.path().join("ts2-copy"),
+    );
+    for (name, dir) in [("ts1", &live1), ("ts2", &live2)] {
+        std::fs::create_dir(dir).unwrap();
+        common::chown_postgres(dir);
+        src.psql(&format!(
+            "CREATE TABLESPACE {name} LOCATION '{}'",
+            dir.display()
+        ));
+    }
+    src.psql("CREATE TABLE kept TABLESPACE ts1 AS SELECT generate_series(1, 1000) AS i");
+    src.psql("CREATE TABLE gone TABLESPACE ts2 AS SELECT generate_series(1, 1000) AS i");
+    let oid2 = src.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts2'");
+    let map1 = format!("-T{}={}", live1.display(), copy1.display());
+    let map2 = format!("-T{}={}", live2.display(), copy2.display());
+    let dest = scratch.path().join("copy");
+    assert_ok(&run(&[
+        "-x",
+        "-c",
+        "fast",
+        &map1,
+        &map2,
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]));
+    assert!(std::fs::read_dir(&copy2).unwrap().count() > 0);
+    let neighbour = scratch.path().join("neighbour");
+    std::fs::write(&neighbour, b"not part of the copy").unwrap();
+    let version_dir = std::fs::read_dir(&copy1)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(version_dir.join("stray"), b"x").unwrap();
+
+    src.psql("DROP TABLE gone");
+    src.psql("DROP TABLESPACE ts2");
+    src.psql("INSERT INTO kept SELECT generate_series(1001, 2000)");
+    let out = delta(&src, &dest, &[&map1]);
+    assert_ok(&out);
+    assert!(
+        !dest.join("pg_tblspc").join(&oid2).exists(),
+        "link of the dropped tablespace removed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&copy2).unwrap().count(),
+        0,
+        "its copy emptied"
+    );
+    assert!(
+        !version_dir.join("stray").exists(),
+        "stray file in a kept tablespace removed"
+    );
+    assert_eq!(std::fs::read(&neighbour).unwrap(), b"not part of the copy");
+    verifybackup(&dest);
+    common::chown_postgres(&copy1);
+    drop(src);
+    std::fs::remove_dir_all(&live1).unwrap();
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    assert_eq!(
+        copy.psql("SELECT count(*), sum(i) FROM kept"),
+        "2000|2001000"
+    );
 }

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -276,6 +276,14 @@ impl Delta {
         for f in REMOVED_FIRST {
             dest.remove_file(f)?;
         }
+        // The server refuses to start on a directory others may read.
+        fs::set_permissions(
+            dest.root(),
+            fs::Permissions::from_mode(info.data_directory_mode),
+        )
+        .exit_with(Exit::Dest, || {
+            format!("cannot set permissions of {}", dest.root().display())
+        })?;
         sync_root(dest)?;
         let earlier_start = match &earlier.mtimes {
             Some(m) => match server_epoch(aux, &m.start_time) {

@@ -19,6 +19,7 @@ use crate::abort::Abort;
 use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
+use crate::delta::{self, Delta};
 use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
@@ -95,9 +96,12 @@ fn clean(spec: &ConnSpec) -> Result<()> {
 /// Where each linked tablespace goes in a plain copy: its -T mapping, else
 /// its own path (which must then be empty, so a copy on the server's host
 /// never writes into the live tablespace).
+/// `earlier` are the tablespace links of a copy --delta refreshes: their
+/// targets are part of it.
 fn tablespace_targets(
     tablespaces: &[Tablespace],
     mapping: &[(PathBuf, PathBuf)],
+    earlier: &[(u32, PathBuf)],
 ) -> Result<Vec<(u32, PathBuf)>> {
     for (old, _) in mapping {
         if !tablespaces.iter().any(|t| Path::new(&t.location) == old) {
@@ -116,6 +120,10 @@ fn tablespace_targets(
             .find(|(old, _)| old == location)
             .map(|(_, new)| new.clone());
         let target = target.unwrap_or_else(|| location.to_path_buf());
+        if earlier.contains(&(t.oid, target.clone())) {
+            targets.push((t.oid, target));
+            continue;
+        }
         dest::check(&target, false).map_err(|e| {
             e.context(Failure::new(
                 Exit::Dest,
@@ -187,10 +195,18 @@ pub(crate) fn unix_now() -> i64 {
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let started = Instant::now();
-    if !settings.tar.is_some_and(|t| t.to_stdout) {
-        dest::check(&settings.dest, settings.force)?;
-    }
+    let earlier = match settings.delta {
+        Some(options) => Some(delta::inspect(&settings.dest, options)?),
+        None if settings.tar.is_some_and(|t| t.to_stdout) => None,
+        None => {
+            dest::check(&settings.dest, settings.force)?;
+            None
+        }
+    };
     let (mut control, info) = open_control(spec)?;
+    if let Some(earlier) = &earlier {
+        delta::check_server(earlier, &info)?;
+    }
     server::check_free_connections(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal),
@@ -214,16 +230,30 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let aux = readers[0].client();
     server::check_privileges(aux, &info, true)?;
     let tablespaces = server::tablespaces(aux)?;
-    // A tar keeps the links to the original locations: nothing is written there.
+    // A tar keeps the links to the original locations: nothing is written
+    // there. A refresh keeps the tablespace directories its copy links to.
     let targets = match settings.tar {
         Some(_) => Vec::new(),
-        None => tablespace_targets(&tablespaces, &settings.tablespace_mapping)?,
+        None => {
+            let earlier_links = match earlier {
+                Some(_) => delta::tablespace_links(&settings.dest),
+                None => Vec::new(),
+            };
+            tablespace_targets(&tablespaces, &settings.tablespace_mapping, &earlier_links)?
+        }
     };
     let slot_obstacle = server::slot_obstacle(aux)?;
 
-    let mut out: Box<dyn Output> = match settings.tar {
-        None => Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
-        Some(_) => Box::new(TarOutput::create(settings, &info, &tablespaces)?),
+    let mut delta = None;
+    let mut out: Box<dyn Output> = match (settings.tar, earlier) {
+        (Some(_), _) => Box::new(TarOutput::create(settings, &info, &tablespaces)?),
+        // A refresh keeps DEST as it is, also when it fails (it resumes).
+        (None, Some(earlier)) => {
+            let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+            delta = Some(Delta::begin(earlier, &dest, &info, readers[0].client())?);
+            Box::new(dest)
+        }
+        (None, None) => Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
     };
     let run = Run {
         settings,
@@ -240,12 +270,16 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         wal_reader,
         slot_obstacle,
         &mut *out,
+        delta.as_mut(),
     );
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
     drop(control);
     match result {
         Ok(done) => {
+            if let Some(d) = delta {
+                d.finish(done.bytes)?;
+            }
             let summary = Summary {
                 files: done.files as u64,
                 data_bytes: done.bytes,
@@ -292,7 +326,14 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             } else {
                 e
             };
-            if let Err(cleanup) = out.fail(settings.keep_partial) {
+            if delta.is_some() {
+                warn!(
+                    "the partial copy in {} was kept; it is NOT restorable, run again with --delta to resume",
+                    settings.dest.display()
+                );
+            }
+            // A refresh's DEST is shared: fail() leaves it as it is.
+            if let Err(cleanup) = out.fail(settings.keep_partial && delta.is_none()) {
                 warn!("{cleanup:#}");
             }
             Err(e)
@@ -318,6 +359,7 @@ fn backup_into(
     wal_reader: Option<Reader>,
     slot_obstacle: Option<String>,
     out: &mut dyn Output,
+    mut delta: Option<&mut Delta>,
 ) -> Result<Finished> {
     let Run {
         settings,
@@ -370,6 +412,9 @@ fn backup_into(
     for s in &plan.skipped {
         log::debug!("skipped {s}");
     }
+    if let Some(d) = delta.as_deref_mut() {
+        d.prune(&plan, targets, info.major())?;
+    }
     out.layout(&plan, info, targets)?;
     let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
     let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
@@ -414,14 +459,18 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
+        let job = copy::Job {
+            plan: &plan,
+            sink: out.sink(),
+            integrity: &integrity,
+            progress: &progress,
+            delta: delta.as_deref(),
+        };
         let copied = copy::copy_files(
             std::mem::take(&mut readers),
-            &plan,
-            out.sink(),
-            &integrity,
+            &job,
             &|| open_reader(spec, settings, WORKER_NAME),
             abort,
-            &progress,
         );
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread
@@ -630,14 +679,18 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     )?;
     let integrity = Integrity::new(&plan.files, None, None, 0);
     let progress = Progress::new(settings.progress, plan.total_bytes());
+    let job = copy::Job {
+        plan: &plan,
+        sink: &dest,
+        integrity: &integrity,
+        progress: &progress,
+        delta: None,
+    };
     let (copied, _) = copy::copy_files(
         readers,
-        &plan,
-        &dest,
-        &integrity,
+        &job,
         &|| open_reader(spec, settings, WORKER_NAME),
         abort,
-        &progress,
     )?;
     progress.finish();
     for &i in &copied.vanished {

@@ -161,6 +161,17 @@ pub struct Args {
     /// a gzip level 0-9 (as PostgreSQL's pg_basebackup).
     #[arg(short = 'Z', long, value_name = "METHOD[:LEVEL]")]
     pub compress: Option<String>,
+
+    /// Refresh (or resume) an earlier copy of the same cluster in DEST:
+    /// fetch only the chunks whose hash on the server differs from DEST's.
+    #[arg(long)]
+    pub delta: bool,
+
+    /// With --delta: do not even hash files whose size and mtime match the
+    /// earlier copy's manifest and that are older than its start (faster,
+    /// trusts the server's mtimes).
+    #[arg(long, requires = "delta")]
+    pub trust_mtime: bool,
 }
 
 /// What the program does, once the flags have been checked.
@@ -204,6 +215,8 @@ pub struct Settings {
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
     /// -F t: tar archives instead of a plain directory.
     pub tar: Option<TarFormat>,
+    /// --delta: refresh the copy already in DEST.
+    pub delta: Option<crate::delta::Options>,
 }
 
 /// `-F t` and its compression; DEST `-` means standard output.
@@ -344,6 +357,12 @@ impl Args {
         if self.label.len() > 1024 {
             bail_with!(Exit::Usage, "-l/--label is longer than 1024 bytes");
         }
+        if self.delta && (self.auxiliary || self.stdin || self.clean || self.force) {
+            bail_with!(
+                Exit::Usage,
+                "--delta refreshes a whole copy in place: it cannot be combined with -S, --stdin, --clean or -f"
+            );
+        }
         let tablespace_mapping = self
             .tablespace_mapping
             .iter()
@@ -351,6 +370,12 @@ impl Args {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::Error::new(crate::error::Failure::new(Exit::Usage, e)))?;
         let tar = self.tar_format(&mode)?;
+        if self.delta && tar.is_some() {
+            bail_with!(
+                Exit::Usage,
+                "--delta refreshes a plain copy in place: it cannot be combined with -F t"
+            );
+        }
         Ok(Settings {
             mode,
             dsn: self.dsn,
@@ -375,6 +400,9 @@ impl Args {
                 crate::progress::ProgressStyle::Off
             },
             tar,
+            delta: self.delta.then_some(crate::delta::Options {
+                trust_mtime: self.trust_mtime,
+            }),
             read_options: crate::reader::ReadOptions::new(
                 self.max_rate.map(crate::throttle::Throttle::new),
                 self.wire_compression,
@@ -494,6 +522,9 @@ mod tests {
             &["-F", "t", "-S", "-x", "dsn", "d"],
             &["-F", "t", "-T", "/a=/b", "dsn", "d"],
             &["dsn", "-"],
+            &["--delta", "-f", "dsn", "d"],
+            &["--delta", "-S", "--stdin", "dsn", "d"],
+            &["--delta", "-F", "t", "dsn", "d"],
         ] {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");

@@ -9,6 +9,7 @@
 //! [`Sink`]: DEST itself, or the tar output (`output.rs`), which needs the
 //! tasks in order and so gets to hold a fetch back until its turn.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -17,6 +18,7 @@ use anyhow::Result;
 use log::debug;
 
 use crate::abort::Abort;
+use crate::delta::Delta;
 use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
@@ -77,6 +79,8 @@ struct Shared<'a> {
     abort: &'a Abort,
     integrity: &'a Integrity,
     progress: &'a Progress,
+    /// --delta: chunks DEST already holds are not fetched.
+    delta: Option<&'a Delta>,
 }
 
 /// How often a request whose session was lost is retried on a fresh one.
@@ -85,23 +89,32 @@ const RETRIES: u32 = 3;
 /// Opens a fresh reading session to replace one that was lost.
 pub type Reconnect<'a> = &'a (dyn Fn() -> Result<Reader> + Sync);
 
+/// What to copy, where to, and who watches the bytes go by.
+pub struct Job<'a> {
+    pub plan: &'a Plan,
+    pub sink: &'a dyn Sink,
+    /// Manifest checksums and page verification.
+    pub integrity: &'a Integrity,
+    pub progress: &'a Progress,
+    /// --delta: chunks DEST already holds are not fetched.
+    pub delta: Option<&'a Delta>,
+}
+
 /// Copy every task of the plan with one thread per reader; returns the
 /// readers for reuse. On failure the first error is returned and the abort
 /// flag is set so the other threads stop after their current request.
 pub fn copy_files(
     readers: Vec<Reader>,
-    plan: &Plan,
-    sink: &dyn Sink,
-    integrity: &Integrity,
+    job: &Job,
     reconnect: Reconnect,
     abort: &Abort,
-    progress: &Progress,
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
-        integrity,
-        progress,
-        plan,
-        sink,
+        integrity: job.integrity,
+        progress: job.progress,
+        delta: job.delta,
+        plan: job.plan,
+        sink: job.sink,
         next: AtomicUsize::new(0),
         bytes: AtomicU64::new(0),
         vanished: Mutex::default(),
@@ -144,12 +157,12 @@ pub fn copy_files(
 /// channel bounds a worker to two requests in memory.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
-        let (tx, rx) = mpsc::sync_channel::<(usize, &Task, Fetched)>(0);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Cow<Task>, Fetched)>(0);
         let writer = s.spawn(move || -> Result<Vec<Suspect>> {
             let mut inflated = Vec::new();
             let mut suspects = Vec::new();
             for (index, task, fetched) in rx {
-                write_task(shared, index, task, &fetched, &mut inflated, &mut suspects)?;
+                write_task(shared, index, &task, &fetched, &mut inflated, &mut suspects)?;
             }
             Ok(suspects)
         });
@@ -168,7 +181,7 @@ fn fetch_tasks<'p>(
     reader: &mut Reader,
     shared: &Shared<'p>,
     reconnect: Reconnect,
-    tx: &mpsc::SyncSender<(usize, &'p Task, Fetched)>,
+    tx: &mpsc::SyncSender<(usize, Cow<'p, Task>, Fetched)>,
 ) -> Result<()> {
     let files = &shared.plan.files;
     loop {
@@ -185,6 +198,20 @@ fn fetch_tasks<'p>(
         }
         for p in &task.pieces {
             shared.integrity.wait_turn(p.file, p.offset, shared.abort);
+        }
+        let task = match shared.delta {
+            Some(d) => d.to_fetch(
+                reader,
+                task,
+                files,
+                shared.integrity,
+                reconnect,
+                shared.abort,
+            )?,
+            None => Cow::Borrowed(task),
+        };
+        if task.pieces.is_empty() {
+            continue;
         }
         let ranges: Vec<_> = task
             .pieces

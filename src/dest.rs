@@ -186,7 +186,13 @@ impl Dest {
 
     /// Make `pg_tblspc/<oid>` a link to `target`, which must be missing or
     /// empty: a copy never writes into a directory that holds data.
+    /// A link that already points at `target` (a copy --delta refreshes) is kept.
     pub fn link_tablespace(&mut self, oid: u32, target: &Path) -> Result<()> {
+        let link = self.path(&format!("pg_tblspc/{oid}"));
+        if fs::read_link(&link).is_ok_and(|t| t == target) {
+            self.tablespace_roots.push(target.to_path_buf());
+            return Ok(());
+        }
         check(target, false)?;
         if !target.exists() {
             fs::DirBuilder::new()
@@ -198,7 +204,6 @@ impl Dest {
                 })?;
         }
         self.tablespace_roots.push(target.to_path_buf());
-        let link = self.path(&format!("pg_tblspc/{oid}"));
         std::os::unix::fs::symlink(target, &link).exit_with(Exit::Dest, || {
             format!("cannot create tablespace link {}", link.display())
         })

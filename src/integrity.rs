@@ -140,6 +140,15 @@ impl Integrity {
         Ok(suspects)
     }
 
+    /// Account for bytes a --delta run kept from DEST instead of fetching:
+    /// they count for the manifest checksum; their pages are not verified.
+    pub fn account_kept(&self, index: usize, offset: u64, data: &[u8]) -> Result<()> {
+        match &self.checksums {
+            Some(sums) => sums[index].update(offset, data),
+            None => Ok(()),
+        }
+    }
+
     fn verdict(
         &self,
         file: &FileEntry,

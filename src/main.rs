@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod conn;
 mod copy;
+mod delta;
 mod dest;
 mod error;
 mod integrity;

@@ -93,7 +93,15 @@ impl Sink for Dest {
             piece.offset,
             bytes,
             is_last.then_some(file.size),
-        )
+        )?;
+        let short = piece.len - (bytes.len() as u64).min(piece.len);
+        if short > 0 {
+            // The file shrank: zeros in the rest of the range, as in a fresh
+            // copy (where --delta would keep older bytes there).
+            let zeros = vec![0; short as usize];
+            self.write_at(&file.path, piece.offset + piece.len - short, &zeros, None)?;
+        }
+        Ok(())
     }
 }
 

@@ -12,11 +12,6 @@ use common::{Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
 
 const VERSION: u32 = 15;
 
-/// Sessions of our tool still connected to the source.
-fn our_sessions(c: &Cluster) -> String {
-    c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_basebackup'")
-}
-
 /// Back up a cluster under pgbench writes with `-j jobs -x -v` and `extra`
 /// flags; returns the tool's stderr once the copy has been checked.
 fn backup_under_load(jobs: &str, extra: &[&str]) -> String {
@@ -74,16 +69,8 @@ fn backup_under_load(jobs: &str, extra: &[&str]) -> String {
         std::fs::read_dir(dest.join("pg_wal")).unwrap().count() > 1,
         "-x put WAL into pg_wal"
     );
-    assert_eq!(
-        our_sessions(&src),
-        "0",
-        "every session of the tool is closed"
-    );
-    assert_eq!(
-        src.psql("SELECT count(*) FROM pg_replication_slots"),
-        "0",
-        "the temporary slot is gone"
-    );
+    // Every session of the tool is closed, the temporary slot is gone.
+    src.assert_no_leftovers();
 
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
@@ -169,7 +156,7 @@ fn existing_dest_is_refused_without_force() {
         "one clear line: {stderr}"
     );
     assert_eq!(std::fs::read(dest.join("precious")).unwrap(), b"keep me");
-    assert_eq!(our_sessions(&src), "0");
+    src.assert_no_leftovers();
 
     let out = run(&["-f", "-x", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
     assert_ok(&out);
@@ -210,7 +197,7 @@ fn failed_backup_leaves_nothing_behind() {
         1
     );
     assert!(!dest.exists());
-    assert_eq!(our_sessions(&src), "0");
+    src.assert_no_leftovers();
 }
 
 #[test]
@@ -327,8 +314,7 @@ fn wal_follower_copies_wal_until_terminate() {
         started.elapsed() < Duration::from_secs(5),
         "stops promptly on terminate"
     );
-    assert_eq!(our_sessions(&src), "0");
-    assert_eq!(src.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+    src.assert_no_leftovers();
 }
 
 #[test]
@@ -523,7 +509,7 @@ fn clean_ends_a_left_over_exclusive_backup() {
     let out = run(&["--clean", &old.dsn()]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean"));
-    assert_eq!(our_sessions(&old), "0");
+    old.assert_no_leftovers();
 
     // 15+ has no exclusive backups.
     let new = Cluster::start(VERSION);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, run, scratch_dir, tool};
+use common::{Cluster, run, scratch_dir, send_signal, tool};
 use tempfile::TempDir;
 
 fn spawn(args: &[&str]) -> Child {
@@ -21,26 +21,6 @@ fn spawn(args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// The server is clean: none of our sessions, no slot (sessions end
-/// asynchronously on the server, so allow it a moment).
-fn assert_server_clean(c: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = c.psql(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_basebackup%') || ' ' || \
-                    (SELECT count(*) FROM pg_replication_slots)",
-        );
-        if left == "0 0" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sessions and slots left on the server: {left}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A cluster with enough data that a rate-limited backup takes a while.
@@ -92,15 +72,6 @@ fn start_slow_backup(extra_args: &[&str], rate: &str) -> (Cluster, TempDir, Path
     (src, scratch, dest, child)
 }
 
-/// `kill -s SIGNAL` the child.
-fn send_signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args(["-s", signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -s {signal}");
-}
-
 #[test]
 fn a_lost_worker_session_is_retried_and_the_backup_restores() {
     let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "8M");
@@ -118,7 +89,7 @@ fn a_lost_worker_session_is_retried_and_the_backup_restores() {
         stderr.contains("retrying on a new session"),
         "the lost request was retried: {stderr}"
     );
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
     Cluster::start_on_copy(&dest, 15).assert_pgbench_consistent();
 }
 
@@ -141,7 +112,7 @@ fn a_lost_control_session_aborts_cleanly() {
         "one line"
     );
     assert!(!dest.exists(), "the partial copy is removed");
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }
 
 fn interrupt_with(signal: &str) {
@@ -157,7 +128,7 @@ fn interrupt_with(signal: &str) {
     assert_eq!(out.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(!dest.exists(), "the partial copy is removed");
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }
 
 #[test]
@@ -255,7 +226,7 @@ fn a_file_size_limit_is_a_clean_dest_error() {
         stderr.contains(dest.to_str().unwrap()) && stderr.contains("File too large"),
         "the file and the reason are named: {stderr}"
     );
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
     // The backup ended with its session (15 has no pg_is_in_backup()).
     let log = std::fs::read_to_string(src.log_path()).unwrap();
     assert!(
@@ -295,7 +266,7 @@ fn a_dest_that_cannot_be_created_is_refused() {
     let (code, stderr) = failed_run(cmd, &dest);
     assert_eq!(code, Some(5), "{stderr}");
     assert!(stderr.contains(dest.to_str().unwrap()), "{stderr}");
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }
 
 /// The uid and gid of the OS user postgres.
@@ -443,7 +414,7 @@ fn bad_input_gets_one_line_and_its_exit_code() {
         err.contains("max_connections = 60"),
         "the limit is named: {err}"
     );
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }
 
 #[test]
@@ -564,7 +535,7 @@ fn soak_ten_backups_in_a_row_under_writes() {
         std::fs::remove_dir_all(&dest).unwrap();
     }
     load.stop();
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }
 
 #[test]
@@ -588,5 +559,5 @@ fn the_wal_follower_stops_on_sigterm() {
         "a requested stop is a success: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_server_clean(&src);
+    src.assert_no_leftovers();
 }

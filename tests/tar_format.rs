@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, assert_ok, run, scratch_dir, tool, verifybackup};
+use common::{Cluster, assert_ok, run, scratch_dir, send_signal, tool, verifybackup};
 
 const VERSION: u32 = 15;
 
@@ -215,12 +215,7 @@ fn tablespace_becomes_its_own_tar_and_refuses_stdout() {
         stderr.contains("tablespace") && stderr.trim().lines().count() == 1,
         "one clear line: {stderr}"
     );
-    assert_eq!(
-        src.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_basebackup%'"
-        ),
-        "0"
-    );
+    src.assert_no_leftovers();
 
     let dest = scratch.path().join("tars");
     assert_ok(&run(&[
@@ -359,23 +354,6 @@ fn nonsense_combinations_are_usage_errors() {
     }
 }
 
-fn kill(child: &std::process::Child, signal: &str) {
-    assert!(
-        Command::new("kill")
-            .args(["-s", signal, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-fn our_sessions_and_slots(c: &Cluster) -> String {
-    c.psql(
-        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_basebackup%') \
-         || ' ' || (SELECT count(*) FROM pg_replication_slots)",
-    )
-}
-
 /// Interrupted once the tar has data in it: nothing that looks complete is
 /// left, DEST is removed (WAL scratch directory included), the server is clean.
 #[test]
@@ -399,20 +377,11 @@ fn interrupted_tar_backup_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(dest.join(".pg_basebackup-wal/pg_wal").is_dir());
-    kill(&child, "TERM");
+    send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     assert!(!dest.exists(), "the partial tars are removed");
-    // Sessions end asynchronously on the server: give them a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while our_sessions_and_slots(&src) != "0 0" {
-        assert!(
-            Instant::now() < deadline,
-            "sessions or slots left: {}",
-            our_sessions_and_slots(&src)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    src.assert_no_leftovers();
 
     // To standard output the stream cannot be taken back: it has no
     // pg_control (written last), the tool says so, the scratch WAL is gone.
@@ -433,7 +402,7 @@ fn interrupted_tar_backup_leaves_nothing() {
         assert!(n > 0, "the stream ended early");
         stream.extend_from_slice(&buf[..n]);
     }
-    kill(&child, "INT");
+    send_signal(&child, "INT");
     std::io::Read::read_to_end(&mut stdout, &mut stream).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));

@@ -621,6 +621,26 @@ impl Cluster {
     }
 
     /// [`Cluster::try_psql`], panicking with psql's stderr on error.
+    /// None of our sessions and no replication slot are left on the server
+    /// (sessions end asynchronously on the server, so allow it a moment).
+    pub fn assert_no_leftovers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.psql(
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_basebackup%') || ' ' || \
+                        (SELECT count(*) FROM pg_replication_slots)",
+            );
+            if left == "0 0" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sessions and slots left on the server: {left}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql)
             .unwrap_or_else(|e| panic!("psql on PostgreSQL {} failed: {sql}\n{e}", self.version))
@@ -856,9 +876,19 @@ pub fn assert_ok(out: &Output) {
     );
 }
 
-/// `pg_verifybackup DIR` of a major version.
+/// pg_verifybackup of a major version: Debian's 15, or 18's client tools
+/// that scripts/fetch-postgres brings (the npm server packages lack them).
+pub fn verifybackup_bin(major: u32) -> PathBuf {
+    match major {
+        15 => client_bin("pg_verifybackup"),
+        18 => pg_cache().join("tools18/bin/pg_verifybackup"),
+        _ => panic!("no pg_verifybackup {major} on this machine (only 15 and 18)"),
+    }
+}
+
+/// `pg_verifybackup DIR` of a major version (see [`verifybackup_bin`]).
 pub fn verifybackup(major: u32, dir: &Path) -> Output {
-    Command::new(bin_dir(major).join("pg_verifybackup"))
+    Command::new(verifybackup_bin(major))
         .arg(dir)
         .output()
         .unwrap()
@@ -901,4 +931,13 @@ fn empty_home() -> PathBuf {
         home.display()
     );
     home
+}
+
+/// `kill -s SIGNAL` the child.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {signal}");
 }

@@ -6,10 +6,10 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, bin_dir, run, scratch_dir, tool};
+use common::{Cluster, assert_verifies, run, scratch_dir, send_signal, tool};
 
 const VERSION: u32 = 15;
 const MARKER: &str = "pg_basebackup_delta.in_progress";
@@ -45,19 +45,6 @@ fn summary(out: &Output) -> Summary {
         trusted: number_before(" bytes kept unhashed"),
         fetched: number_before(" bytes fetched"),
     }
-}
-
-fn verifybackup(dir: &Path) {
-    let v = Command::new(bin_dir(15).join("pg_verifybackup"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "pg_verifybackup: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
 }
 
 /// Bytes of regular files under `dir` (not following links).
@@ -165,14 +152,14 @@ fn refresh_after_pgbench_writes_fetches_little_and_restores() {
         !dest.join(&dropped).exists(),
         "dropped table's file removed"
     );
-    verifybackup(&dest);
+    assert_verifies(15, &dest);
 
     // Again, trusting mtimes: files untouched since the last start are not hashed.
     let out = delta(&src, &dest, &["--trust-mtime"]);
     assert_ok(&out);
     let s = summary(&out);
     assert!(s.trusted > 0, "{s:?}");
-    verifybackup(&dest);
+    assert_verifies(15, &dest);
 
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
@@ -208,10 +195,7 @@ fn interrupted_refresh_resumes_and_restores() {
         assert!(child.try_wait().unwrap().is_none(), "finished too early");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -236,7 +220,7 @@ fn interrupted_refresh_resumes_and_restores() {
         "what the first run copied is not fetched again: {s:?}, kept {kept}, database {db_bytes}"
     );
     assert!(!dest.join(MARKER).exists());
-    verifybackup(&dest);
+    assert_verifies(15, &dest);
     let copy = Cluster::start_on_copy(&dest, VERSION);
     copy.assert_pgbench_consistent();
     assert_eq!(copy.psql("SELECT count(*) FROM pgbench_accounts"), "100000");
@@ -358,7 +342,7 @@ fn tablespaces_of_the_earlier_copy_are_refreshed_and_dropped_ones_emptied() {
         "stray file in a kept tablespace removed"
     );
     assert_eq!(std::fs::read(&neighbour).unwrap(), b"not part of the copy");
-    verifybackup(&dest);
+    assert_verifies(15, &dest);
     common::chown_postgres(&copy1);
     drop(src);
     std::fs::remove_dir_all(&live1).unwrap();

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, assert_ok, run, scratch_dir, send_signal, tool, verifybackup};
+use common::{
+    Cluster, assert_ok, assert_verifies, run, scratch_dir, send_signal, tool, verifybackup,
+};
 
 const VERSION: u32 = 15;
 
@@ -313,13 +315,7 @@ fn pg_verifybackup_passes_on_an_extracted_tar() {
             && auto_conf.contains("primary_conninfo = '"),
         "{auto_conf}"
     );
-    let v = verifybackup(VERSION, &data);
-    assert!(
-        v.status.success(),
-        "pg_verifybackup: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_verifies(VERSION, &data);
     // It really checks what the tar held.
     let accounts = src.psql("SELECT pg_relation_filepath('pgbench_accounts')");
     let f = std::fs::OpenOptions::new()

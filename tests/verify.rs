@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use common::{Cluster, ClusterOptions, run, scratch_dir, verifybackup};
+use common::{Cluster, ClusterOptions, assert_verifies, run, scratch_dir, verifybackup};
 
 #[test]
 fn pg_verifybackup_accepts_the_manifest_and_catches_a_changed_byte() {
@@ -33,13 +33,7 @@ fn pg_verifybackup_accepts_the_manifest_and_catches_a_changed_byte() {
         assert!(out.status.success());
         let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
         assert!(manifest.contains(&format!("\"Checksum-Algorithm\": \"{alg}\"")));
-        let v = verifybackup(15, &dest);
-        assert!(
-            v.status.success(),
-            "pg_verifybackup: {}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
+        assert_verifies(15, &dest);
 
         let accounts = src.psql("SELECT pg_relation_filepath('pgbench_accounts')");
         let f = std::fs::OpenOptions::new()

@@ -894,6 +894,17 @@ pub fn verifybackup(major: u32, dir: &Path) -> Output {
         .unwrap()
 }
 
+/// pg_verifybackup of `major` accepts the copy in `dir`.
+pub fn assert_verifies(major: u32, dir: &Path) {
+    let v = verifybackup(major, dir);
+    assert!(
+        v.status.success(),
+        "pg_verifybackup {major}: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
+
 /// The minimal grants for a backup role (README, "A role that is not a superuser").
 pub fn grant_backup_privileges(cluster: &Cluster, role: &str) {
     let backup_functions = if cluster.version >= 15 {

@@ -154,7 +154,9 @@ pub fn copy_files(
 /// One worker: this thread fetches, a second one writes, so the server
 /// reads and sends the next request while the last one is being written
 /// (which is what lets even -j 1 keep both sides busy). The rendezvous
-/// channel bounds a worker to two requests in memory.
+/// channel bounds a worker to two requests in memory, each costing its size
+/// once because the patched codec (vendor/README.md) sizes a row's buffer
+/// exactly: peak RSS is about 2 x chunk size x jobs plus ~20 MB.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
         let (tx, rx) = mpsc::sync_channel::<(usize, Cow<Task>, Fetched)>(0);

@@ -45,7 +45,7 @@ fn main() {
     }
 }
 
-/// Each 8 MB result arrives in a freshly grown buffer. By default glibc
+/// Each 8 MB result arrives in a fresh buffer of its size. By default glibc
 /// serves such sizes with mmap and returns them with munmap, so every chunk
 /// pays for faulting in and zeroing 2048 new pages. Keeping them on the heap
 /// (and not trimming it) reuses the same memory chunk after chunk.

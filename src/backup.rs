@@ -212,10 +212,9 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         settings.jobs as u32 + u32::from(settings.fetch_wal),
     )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
-    let readers_compressed = readers[0].compressed();
     info!(
         "wire compression: {}",
-        if readers_compressed {
+        if readers[0].compressed() {
             "zlib, on the server by a temporary PL/Python function"
         } else {
             "none"
@@ -295,13 +294,11 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                 warn!("{summary}");
             }
             let options = &settings.read_options;
-            if readers_compressed {
-                info!(
-                    "{} bytes crossed the wire for {} bytes read",
-                    options.wire_bytes.load(Ordering::Relaxed),
-                    options.data_bytes.load(Ordering::Relaxed)
-                );
-            }
+            info!(
+                "{} bytes crossed the wire for {} bytes read",
+                options.wire_bytes.load(Ordering::Relaxed),
+                options.data_bytes.load(Ordering::Relaxed)
+            );
             if !settings.fetch_wal {
                 warn!(
                     "the copy holds no WAL (-x not given): starting it needs a WAL archive, \

@@ -260,6 +260,7 @@ impl Dest {
             .create(true)
             .truncate(true)
             .mode(self.file_mode)
+            .custom_flags(libc::O_NOFOLLOW) // as in open(): never through a link
             .open(&p)
             .exit_with(Exit::Dest, || format!("cannot create {}", p.display()))?;
         f.write_all(data)

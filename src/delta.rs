@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::abort::Abort;
 use crate::bail_with;
 use crate::copy::{Reconnect, replace_lost_session};
-use crate::dest::{self, Dest};
+use crate::dest::{self, Dest, remove_contents, remove_entry};
 use crate::error::{Exit, ExitContext};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
@@ -583,7 +583,7 @@ impl Walk<'_> {
         for entry in fs::read_dir(self.root.join(rel))? {
             let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                remove(&entry.path())?;
+                remove_entry(&entry.path())?;
                 continue;
             };
             let path = if rel.is_empty() {
@@ -614,27 +614,11 @@ impl Walk<'_> {
                 present[self.files[path.as_str()]] = true;
             } else if path != MARKER {
                 debug!("removing {path}: the server does not have it");
-                remove(&entry.path())?;
+                remove_entry(&entry.path())?;
             }
         }
         Ok(())
     }
-}
-
-/// Remove a file, link or directory tree (never following links).
-fn remove(path: &Path) -> std::io::Result<()> {
-    if fs::symlink_metadata(path)?.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-fn remove_contents(dir: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        remove(&entry?.path())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -320,14 +320,19 @@ impl Dest {
     }
 }
 
-fn remove_contents(dir: &Path) -> std::io::Result<()> {
+/// Remove a file, link or directory tree (never following links).
+pub fn remove_entry(path: &Path) -> std::io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+/// Remove everything inside `dir`, keeping `dir` itself.
+pub fn remove_contents(dir: &Path) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            fs::remove_dir_all(entry.path())?;
-        } else {
-            fs::remove_file(entry.path())?;
-        }
+        remove_entry(&entry?.path())?;
     }
     Ok(())
 }

@@ -69,18 +69,14 @@ pub trait Sink: Sync {
     }
 }
 
+/// What the worker threads share: the job and the queue's state.
 struct Shared<'a> {
-    plan: &'a Plan,
-    sink: &'a dyn Sink,
+    job: &'a Job<'a>,
     next: AtomicUsize,
     bytes: AtomicU64,
     vanished: Mutex<BTreeSet<usize>>,
     first_error: Mutex<Option<anyhow::Error>>,
     abort: &'a Abort,
-    integrity: &'a Integrity,
-    progress: &'a Progress,
-    /// --delta: chunks DEST already holds are not fetched.
-    delta: Option<&'a Delta>,
 }
 
 /// How often a request whose session was lost is retried on a fresh one.
@@ -110,11 +106,7 @@ pub fn copy_files(
     abort: &Abort,
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
-        integrity: job.integrity,
-        progress: job.progress,
-        delta: job.delta,
-        plan: job.plan,
-        sink: job.sink,
+        job,
         next: AtomicUsize::new(0),
         bytes: AtomicU64::new(0),
         vanished: Mutex::default(),
@@ -185,28 +177,31 @@ fn fetch_tasks<'p>(
     reconnect: Reconnect,
     tx: &mpsc::SyncSender<(usize, Cow<'p, Task>, Fetched)>,
 ) -> Result<()> {
-    let files = &shared.plan.files;
+    let files = &shared.job.plan.files;
     loop {
         if shared.abort.is_set() {
             return Ok(());
         }
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(task) = shared.plan.tasks.get(i) else {
+        let Some(task) = shared.job.plan.tasks.get(i) else {
             return Ok(());
         };
-        shared.sink.wait_turn(i, shared.abort);
+        shared.job.sink.wait_turn(i, shared.abort);
         if shared.abort.is_set() {
             return Ok(());
         }
         for p in &task.pieces {
-            shared.integrity.wait_turn(p.file, p.offset, shared.abort);
+            shared
+                .job
+                .integrity
+                .wait_turn(p.file, p.offset, shared.abort);
         }
-        let task = match shared.delta {
+        let task = match shared.job.delta {
             Some(d) => d.to_fetch(
                 reader,
                 task,
                 files,
-                shared.integrity,
+                shared.job.integrity,
                 reconnect,
                 shared.abort,
             )?,
@@ -272,22 +267,23 @@ fn write_task(
     inflated: &mut Vec<u8>,
     suspects: &mut Vec<Suspect>,
 ) -> Result<()> {
-    let files = &shared.plan.files;
+    let files = &shared.job.plan.files;
     let mut held = TaskBuffers::new();
     fetched.deliver(inflated, |i, data| {
         let piece = task.pieces[i];
         let file = &files[piece.file];
-        shared.sink.piece(&mut held, task, i, file, data)?;
+        shared.job.sink.piece(&mut held, task, i, file, data)?;
         match data {
             // The sink keeps the file at its size: the checksum covers the
             // zeros (unless the file is left out entirely anyway).
-            None if piece.offset > 0 && shared.sink.zero_fills_vanished_tail() => {
+            None if piece.offset > 0 && shared.job.sink.zero_fills_vanished_tail() => {
                 debug!(
                     "{} vanished during the backup; its tail is zeros",
                     file.path
                 );
                 if !shared.vanished.lock().unwrap().contains(&piece.file) {
                     shared
+                        .job
                         .integrity
                         .observe(piece.file, file, piece.offset, piece.len, &[])?;
                 }
@@ -295,14 +291,14 @@ fn write_task(
             None => {
                 debug!("{} vanished during the backup", file.path);
                 shared.vanished.lock().unwrap().insert(piece.file);
-                shared.integrity.mark_vanished(piece.file);
+                shared.job.integrity.mark_vanished(piece.file);
             }
             Some(bytes) => {
                 shared
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                shared.progress.add_data(bytes.len() as u64);
-                suspects.extend(shared.integrity.observe(
+                shared.job.progress.add_data(bytes.len() as u64);
+                suspects.extend(shared.job.integrity.observe(
                     piece.file,
                     file,
                     piece.offset,
@@ -313,18 +309,18 @@ fn write_task(
         }
         Ok(())
     })?;
-    shared.sink.end_task(index, task, held)
+    shared.job.sink.end_task(index, task, held)
 }
 
 /// A page may fail its checksum because a write tore it while we read it;
 /// read each failing page once more before calling it corrupt.
 fn recheck(reader: &mut Reader, shared: &Shared, suspects: Vec<Suspect>) -> Result<()> {
     for suspect in suspects {
-        let file = &shared.plan.files[suspect.file];
+        let file = &shared.job.plan.files[suspect.file];
         reader.read(
             &[(file.path.as_str(), suspect.offset, BLCKSZ as u64)],
             |_, page| {
-                shared.integrity.recheck(file, &suspect, page);
+                shared.job.integrity.recheck(file, &suspect, page);
                 Ok(())
             },
         )?;

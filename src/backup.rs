@@ -494,7 +494,7 @@ fn backup_into(
     if let Some(mut f) = follower {
         let dest = out.wal_dest().context("no directory for the WAL")?;
         f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
-        (wal_bytes, wal_segments) = (f.bytes_fetched, f.segments_copied());
+        (wal_bytes, wal_segments) = (progress.wal_bytes(), f.segments_copied());
     }
     progress.finish();
     for &i in &copied.vanished {
@@ -807,7 +807,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     }
     println!(
         "pg_basebackup: WAL follower stopped ({} bytes of WAL copied)",
-        follower.bytes_fetched
+        progress.wal_bytes()
     );
     Ok(())
 }

@@ -64,8 +64,7 @@ pub struct WalFollower<'a> {
     end: Option<Lsn>,
     /// History files copied, with their size.
     history: BTreeMap<String, u64>,
-    /// Bytes read from the server, for the summary.
-    pub bytes_fetched: u64,
+    /// Counts the WAL bytes read from the server (the summary's figure).
     progress: &'a Progress,
 }
 
@@ -89,7 +88,6 @@ impl<'a> WalFollower<'a> {
             have: BTreeMap::new(),
             end: None,
             history: BTreeMap::new(),
-            bytes_fetched: 0,
             progress,
         }
     }
@@ -190,7 +188,6 @@ impl<'a> WalFollower<'a> {
                     Ok(())
                 })?;
             done += got;
-            self.bytes_fetched += got;
             self.progress.add_wal(got);
             if got < n || done >= len {
                 break;
@@ -257,7 +254,7 @@ impl<'a> WalFollower<'a> {
             "WAL {} to {} copied ({} bytes read)",
             self.start_segment(),
             segment_name(self.timeline, last, seg_size),
-            self.bytes_fetched
+            self.progress.wal_bytes()
         );
         Ok(())
     }

@@ -18,6 +18,7 @@ mod plan;
 mod progress;
 mod reader;
 mod server;
+mod tar_compress;
 mod tar_out;
 mod throttle;
 mod wal;

@@ -392,7 +392,7 @@ fn backup_into(
         &plan::listing_skip_names(),
         &plan::listing_skip_paths(),
     )?;
-    let plan = plan::build(
+    let mut plan = plan::build(
         &listing,
         tablespaces,
         &info.tablespace_version_dir(),
@@ -400,6 +400,9 @@ fn backup_into(
         settings.chunk_size,
     )
     .map_err(|e| Failure::new(Exit::Backup, e))?;
+    if settings.tar.is_none() {
+        plan.tasks = plan::spread_files(plan.tasks);
+    }
     info!(
         "{} files, {} MB, in {} read requests",
         plan.files.len(),

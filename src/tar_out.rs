@@ -426,8 +426,8 @@ enum PartsBody {
     Raw(Vec<Option<Vec<u8>>>),
     Compressed {
         compression: TarCompression,
-        /// The segment being written.
-        current: Option<SegmentWriter>,
+        /// The segment being written (boxed: a compressor's state is large).
+        current: Option<Box<SegmentWriter>>,
         /// Finished: the pieces that continue a file started earlier.
         continued: Option<Segment>,
         /// Files of this task found gone at their first piece.
@@ -456,13 +456,13 @@ impl TaskParts {
                     && !self.pieces.is_empty()
                     && self.pieces[0].file != piece.file
                 {
-                    *continued = current.take().map(SegmentWriter::finish).transpose()?;
+                    *continued = current.take().map(|w| w.finish()).transpose()?;
                 }
                 let w = match current {
                     Some(w) => w,
-                    None => current.insert(SegmentWriter::new(*compression)?),
+                    None => current.insert(Box::new(SegmentWriter::new(*compression)?)),
                 };
-                write_piece(w, &piece, data, file, self.file_mode, omitted)?;
+                write_piece(w.as_mut(), &piece, data, file, self.file_mode, omitted)?;
             }
         }
         self.pieces.push(piece);
@@ -480,7 +480,7 @@ impl TaskParts {
             PartsBody::Compressed {
                 current, continued, ..
             } => {
-                let last = current.map(SegmentWriter::finish).transpose()?;
+                let last = current.map(|w| w.finish()).transpose()?;
                 // Without a finished leading run, the last segment is that
                 // run when the whole task continues an earlier file.
                 let (continued, rest) = match continued {

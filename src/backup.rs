@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -318,6 +318,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
         Err(e) => {
             abort.fail();
+            crate::interrupt::cleanup_started();
             let e = if abort.signalled() {
                 e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
             } else {
@@ -380,10 +381,8 @@ fn backup_into(
             }
         }
     }
-    // A spread checkpoint can take minutes: a signal must not wait for it.
-    let start_lsn = cancel_on_abort(control, abort, |c| {
-        server::start_backup(c, info, &settings.label, settings.fast_checkpoint)
-    })?;
+    // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
+    let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
     info!("backup started at {}", server::format_lsn(start_lsn));
     let aux = readers[0].client();
     let timeline = server::current_timeline(aux)?;
@@ -595,33 +594,6 @@ fn write_recovery_conf(
     }
 }
 
-/// Run `f` on `client`, sending the server a cancel request if `abort` is
-/// set meanwhile (as libpq before 17, the request goes without TLS; if the
-/// server insists on TLS it is refused and `f` simply runs to its end).
-fn cancel_on_abort<T>(
-    client: &mut Client,
-    abort: &Abort,
-    f: impl FnOnce(&mut Client) -> Result<T>,
-) -> Result<T> {
-    let token = client.cancel_token();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if abort.sleep(Duration::from_millis(100)) {
-                    if let Err(e) = token.cancel_query(postgres::NoTls) {
-                        log::debug!("could not cancel the running statement: {e}");
-                    }
-                    return;
-                }
-            }
-        });
-        let result = f(client);
-        done.store(true, Ordering::SeqCst);
-        result
-    })
-}
-
 /// A whole small file into memory (pg_control: 8 kB).
 fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
     let mut out = None;
@@ -783,20 +755,33 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     );
     let mut slot_at = start_lsn;
     loop {
-        follower.poll(&dest, abort)?;
-        if let Some(name) = &slot {
-            // Everything before the first segment we do not hold in full can go.
-            let mut next = start_lsn / info.wal_segment_size;
-            for segno in follower.complete_segments() {
-                if segno == next {
-                    next += 1;
+        let step = (|| -> Result<()> {
+            follower.poll(&dest, abort)?;
+            if let Some(name) = &slot {
+                // Everything before the first segment we do not hold in full can go.
+                let mut next = start_lsn / info.wal_segment_size;
+                for segno in follower.complete_segments() {
+                    if segno == next {
+                        next += 1;
+                    }
+                }
+                let lsn = next * info.wal_segment_size;
+                if lsn > slot_at {
+                    server::advance_slot(&mut control, name, lsn)?;
+                    slot_at = lsn;
                 }
             }
-            let lsn = next * info.wal_segment_size;
-            if lsn > slot_at {
-                server::advance_slot(&mut control, name, lsn)?;
-                slot_at = lsn;
+            Ok(())
+        })();
+        match step {
+            // A signal cancelled the poll in flight: a requested stop all the
+            // same (the next run copies that segment again).
+            Err(e) if abort.signalled() => {
+                log::debug!("WAL poll cut short by the stop: {e:#}");
+                break;
             }
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         if abort.sleep(settings.wal_poll) {
             break;

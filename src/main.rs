@@ -10,6 +10,7 @@ mod delta;
 mod dest;
 mod error;
 mod integrity;
+mod interrupt;
 mod manifest;
 mod output;
 mod pagecheck;
@@ -40,6 +41,15 @@ fn main() {
         .into_settings(|| std::io::stdin().lines().collect())
         .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
+        // Whatever failed after a signal failed because of it.
+        let err = if interrupt::signalled() && error::exit_of(&err) != error::Exit::Interrupted {
+            err.context(error::Failure::new(
+                error::Exit::Interrupted,
+                "interrupted by a signal",
+            ))
+        } else {
+            err
+        };
         log::error!("{err:#}");
         std::process::exit(error::exit_of(&err).code());
     }

@@ -561,3 +561,93 @@ fn the_wal_follower_stops_on_sigterm() {
     );
     src.assert_no_leftovers();
 }
+
+/// Wait for the child to exit (killing it and failing after 60 s): its
+/// exit code, its stderr, and how long it took.
+fn wait_exit(mut child: Child) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 60 s after the signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (status.code(), stderr, took)
+}
+
+#[test]
+fn sigterm_ends_a_connection_to_a_silent_server_without_connect_timeout() {
+    let (port, _holder) = silent_server();
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    for sslmode in ["disable", "prefer"] {
+        let dsn = format!("host=127.0.0.1 port={port} user=postgres sslmode={sslmode}");
+        let child = spawn(&[&dsn, dest.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            Command::new("kill")
+                .args(["-0", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success(),
+            "{sslmode}: still waiting for the server"
+        );
+        send_signal(&child, "TERM");
+        let (code, stderr, took) = wait_exit(child);
+        assert_eq!(code, Some(130), "{sslmode}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{sslmode}: took {took:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{sslmode}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{sslmode}: {stderr}");
+        assert!(!dest.exists(), "{sslmode}");
+    }
+}
+
+/// Resumes a stopped backend however the test ends.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: String) -> Stopped {
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[test]
+fn sigint_ends_a_backup_whose_worker_backend_hangs() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
+    let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let stopped = Stopped::new(pid);
+    // Let the worker block on the stopped backend.
+    std::thread::sleep(Duration::from_secs(2));
+    send_signal(&child, "INT");
+    let (code, stderr, took) = wait_exit(child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!dest.exists(), "the partial copy is removed");
+    drop(stopped);
+    src.assert_no_leftovers();
+}

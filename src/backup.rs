@@ -30,6 +30,7 @@ use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
+use crate::watchdog;
 use crate::{bail_with, wal};
 
 /// application_name of each kind of session, so a DBA can tell them apart
@@ -440,6 +441,8 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        // The backup lives in the control session: losing it ends the copy.
+        let watch = watchdog::watch(s, control, abort);
         let wal_dest = out.wal_dest();
         let wal_thread = follower.take().map(|mut f| {
             let wal_done = &wal_done;
@@ -472,8 +475,9 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
-        let (copied, readers_back) = copied?;
-        Ok((copied, readers_back, follower?))
+        watch.verdict(
+            copied.and_then(|(copied, readers_back)| Ok((copied, readers_back, follower?))),
+        )
     })?;
     readers = readers_back;
 

@@ -22,6 +22,7 @@ mod server;
 mod tar_out;
 mod throttle;
 mod wal;
+mod watchdog;
 
 use std::io::Write;
 

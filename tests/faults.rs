@@ -613,6 +613,17 @@ fn sigterm_ends_a_connection_to_a_silent_server_without_connect_timeout() {
     }
 }
 
+/// Return once the workers copy into DEST (laid out once the backup has
+/// started and the plan is made).
+fn wait_for_copying(dest: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dest.join("base").exists() {
+        assert!(Instant::now() < deadline, "the copy did not begin");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// Resumes a stopped backend however the test ends.
 struct Stopped(String);
 
@@ -638,6 +649,7 @@ impl Drop for Stopped {
 #[test]
 fn sigint_ends_a_backup_whose_worker_backend_hangs() {
     let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
+    wait_for_copying(&dest);
     let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
     let stopped = Stopped::new(pid);
     // Let the worker block on the stopped backend.
@@ -649,5 +661,31 @@ fn sigint_ends_a_backup_whose_worker_backend_hangs() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(!dest.exists(), "the partial copy is removed");
     drop(stopped);
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn a_server_restart_mid_backup_fails_it_at_once() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "5M");
+    wait_for_copying(&dest);
+    let restarted = Instant::now();
+    let (code, stderr, _) = std::thread::scope(|s| {
+        s.spawn(|| {
+            src.stop_fast();
+            src.restart();
+        });
+        wait_exit(child)
+    });
+    let took = restarted.elapsed();
+    eprintln!("{stderr}");
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pg_basebackup: error: the control session was lost")
+            && last.contains("restarted"),
+        "{stderr}"
+    );
+    assert!(!dest.exists(), "the partial copy is removed");
     src.assert_no_leftovers();
 }

@@ -252,6 +252,27 @@ impl Dest {
         Ok(())
     }
 
+    /// Make a file `len` bytes long with every block allocated, keeping
+    /// what it holds (zeros where it holds nothing), as PostgreSQL zero-fills
+    /// a WAL segment before use: a segment with holes in the copy could fail
+    /// with ENOSPC once the server started on the copy writes into it.
+    pub fn allocate(&self, rel: &str, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = self.open(rel)?;
+        // SAFETY: posix_fallocate on a file descriptor we own.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc)).exit_with(Exit::Dest, || {
+                format!(
+                    "cannot allocate {} bytes for {}",
+                    len,
+                    self.path(rel).display()
+                )
+            });
+        }
+        Ok(())
+    }
+
     /// Write a whole small file (backup_label, tablespace_map) and fsync it.
     pub fn write_file(&self, rel: &str, data: &[u8]) -> Result<()> {
         let p = self.path(rel);

@@ -689,3 +689,76 @@ fn a_server_restart_mid_backup_fails_it_at_once() {
     assert!(!dest.exists(), "the partial copy is removed");
     src.assert_no_leftovers();
 }
+
+#[test]
+fn dest_in_the_wal_directory_or_a_tablespace_of_the_server_is_refused() {
+    let scratch = scratch_dir();
+    let wal = scratch.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    common::chown_postgres(&wal);
+    let src = common::ClusterOptions::new(15)
+        .initdb_arg(&format!("--waldir={}", wal.display()))
+        .start();
+    let ts = scratch.path().join("ts");
+    std::fs::create_dir(&ts).unwrap();
+    common::chown_postgres(&ts);
+    src.psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()));
+    let listing = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let wal_before = listing(&wal);
+    let dsn = src.dsn();
+    let copy = scratch.path().join("copy");
+    let mapping = format!("{}={}", ts.display(), wal.join("ts-copy").display());
+    let cases: Vec<(Vec<String>, &Path, &str)> = vec![
+        (
+            vec![dsn.clone(), wal.join("copy").display().to_string()],
+            &wal,
+            "WAL directory",
+        ),
+        (
+            vec!["-f".into(), dsn.clone(), wal.display().to_string()],
+            &wal,
+            "WAL directory",
+        ),
+        (
+            vec![dsn.clone(), ts.join("copy").display().to_string()],
+            &ts,
+            "tablespace directory",
+        ),
+        (
+            vec![
+                "-T".into(),
+                mapping,
+                dsn.clone(),
+                copy.display().to_string(),
+            ],
+            &wal,
+            "WAL directory",
+        ),
+    ];
+    for (args, inside, what) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains(inside.to_str().unwrap()),
+            "{args:?}: {stderr}"
+        );
+        assert!(!copy.exists() && !wal.join("copy").exists() && !ts.join("copy").exists());
+    }
+    assert_eq!(
+        listing(&wal),
+        wal_before,
+        "the live WAL directory is untouched"
+    );
+    src.psql("SELECT 1");
+    src.assert_no_leftovers();
+}

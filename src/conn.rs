@@ -793,6 +793,10 @@ fn check_session(client: &mut Client, want: SessionAttrs) -> std::result::Result
     }
 }
 
+/// What libpq says when the answer is not the PostgreSQL protocol.
+const NOT_POSTGRES: &str =
+    "received an invalid response from the server; is this a PostgreSQL server?";
+
 /// One line for a failed connection attempt: the server's FATAL, or the
 /// socket error, or the TLS error. Never contains the password (neither the
 /// server nor the `postgres` crate ever repeats it).
@@ -810,11 +814,20 @@ fn describe_pg_error(e: &postgres::Error, hint: &str, passfile: Option<&Path>) -
         }
         return msg;
     }
+    let top = e.to_string();
+    if top == "unexpected message from server" || top == "error parsing response from server" {
+        return NOT_POSTGRES.into();
+    }
     // Walk the causes: an io::Error (socket), an SSL error, or text.
     let mut texts = Vec::new();
     let mut cause = e.source();
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            // The stream ended inside what was read as a message: the other
+            // end does not speak the protocol (an HTTP server, say).
+            if io.to_string() == "bytes remaining on stream" {
+                return NOT_POSTGRES.into();
+            }
             return describe_io_error(io, hint);
         }
         if let Some(ssl) = c.downcast_ref::<openssl::ssl::Error>() {
@@ -838,7 +851,6 @@ fn describe_pg_error(e: &postgres::Error, hint: &str, passfile: Option<&Path>) -
         texts.push(c.to_string());
         cause = c.source();
     }
-    let top = e.to_string();
     match texts.first().map(String::as_str) {
         Some("password missing") => "no password supplied".into(),
         Some("server does not support TLS") => {

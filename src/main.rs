@@ -26,8 +26,6 @@ mod watchdog;
 
 use std::io::Write;
 
-use clap::Parser;
-
 fn main() {
     keep_chunk_buffers();
     // A file-size limit (ulimit -f) must be an error we can clean up after,
@@ -36,7 +34,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let args = cli::Args::parse();
+    let args = cli::parse();
     init_logging(args.verbose, args.debug);
     let result = args
         .into_settings(|| std::io::stdin().lines().collect())
@@ -51,7 +49,11 @@ fn main() {
         } else {
             err
         };
-        log::error!("{err:#}");
+        let (line, hint) = error::report(&err);
+        log::error!("{line}");
+        if let Some(hint) = hint {
+            eprintln!("pg_basebackup: hint: {hint}");
+        }
         std::process::exit(error::exit_of(&err).code());
     }
 }

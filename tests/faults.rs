@@ -762,3 +762,88 @@ fn dest_in_the_wal_directory_or_a_tablespace_of_the_server_is_refused() {
     src.psql("SELECT 1");
     src.assert_no_leftovers();
 }
+
+/// A TCP server on 127.0.0.1 that answers whatever it is sent with an HTTP
+/// error and closes, as a web server on the wrong port does.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            use std::io::Write;
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn errors_are_one_line_and_a_server_hint_a_second() {
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let d = dest.to_str().unwrap();
+
+    // A command-line mistake, as PostgreSQL's tools report one.
+    let out = run(&["--frobnicate", "host=/tmp", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "pg_basebackup: error: unexpected argument '--frobnicate' found\n\
+         pg_basebackup: hint: Try \"pg_basebackup --help\" for more information.\n"
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "pg_basebackup: error: the following required arguments were not provided: <DSN> <DEST>\n"
+        ) && stderr.lines().count() == 2,
+        "{stderr}"
+    );
+
+    // Not a PostgreSQL server at all.
+    let port = http_server();
+    for sslmode in ["disable", "prefer"] {
+        let out = run(&[
+            &format!("host=127.0.0.1 port={port} user=postgres sslmode={sslmode}"),
+            d,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("pg_basebackup: error: ")
+                && stderr.contains("received an invalid response")
+                && stderr.contains("is this a PostgreSQL server?"),
+            "{stderr}"
+        );
+    }
+
+    // The server's HINT goes on a line of its own.
+    let src = common::ClusterOptions::new(15)
+        .conf("wal_level = minimal")
+        .conf("max_wal_senders = 0")
+        .start();
+    let out = run(&[&src.dsn(), d]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let n = lines.len();
+    assert!(n >= 2, "{stderr}");
+    assert!(
+        lines[n - 2].starts_with("pg_basebackup: error: ")
+            && lines[n - 2].contains("ERROR: WAL level not sufficient")
+            && !lines[n - 2].contains("HINT")
+            && !lines[n - 2].contains("db error"),
+        "{stderr}"
+    );
+    assert!(
+        lines[n - 1].starts_with("pg_basebackup: hint: ") && lines[n - 1].contains("wal_level"),
+        "{stderr}"
+    );
+    assert!(!dest.exists());
+    src.assert_no_leftovers();
+}

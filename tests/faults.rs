@@ -847,3 +847,43 @@ fn errors_are_one_line_and_a_server_hint_a_second() {
     assert!(!dest.exists());
     src.assert_no_leftovers();
 }
+
+#[test]
+fn the_wal_follower_under_cron_copies_once_and_sigint_stops_it_with_0() {
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("feed");
+    let segment = src.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // Cron: standard input at its end. One round of copying, exit 0.
+    let out = tool()
+        .args(["-S", "-x", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dest.join("pg_wal").join(&segment).is_file());
+    src.assert_no_leftovers();
+
+    // Standard input open: it runs until told; SIGINT is a requested stop.
+    let mut child = tool()
+        .args(["-S", "-x", "-D", "0.2", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _keep_stdin_open = child.stdin.take().unwrap();
+    wait_for_session(&src, "pg_basebackup wal", "%");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(child.try_wait().unwrap().is_none(), "it keeps following");
+    send_signal(&child, "INT");
+    let (code, stderr, took) = wait_exit(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    src.assert_no_leftovers();
+}

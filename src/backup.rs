@@ -319,7 +319,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
         Err(e) => {
             abort.fail();
-            crate::interrupt::cleanup_started();
+            crate::interrupt::only_local_work_left();
             let e = if abort.signalled() {
                 e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
             } else {
@@ -506,6 +506,8 @@ fn backup_into(
     if abort.is_set() {
         anyhow::bail!("backup interrupted");
     }
+    // Only writing DEST is left: a signal from here on lets the backup complete.
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         out.sync_data()?;
     }
@@ -791,6 +793,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             break;
         }
     }
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         dest.sync()?;
     }

@@ -16,15 +16,17 @@
 //!    is shut down (`shutdown(2)`), so a read blocked on a backend that will
 //!    never answer returns, and its thread unwinds through the normal
 //!    failure path too;
-//! 4. after [`EXIT_AFTER`], if the threads are still not done and the
-//!    cleanup has not begun (something other than the server blocks them, a
-//!    hung disk), the process exits with 130 by itself, saying that DEST was
-//!    left as it is.
+//! 4. after [`EXIT_AFTER`], if the run is still not done and has not said
+//!    that only local work is left ([`only_local_work_left`]: removing the
+//!    partial DEST, or the last writes and the sync of a complete copy),
+//!    something other than the server blocks it: the process exits with 130
+//!    by itself, saying that DEST was left as it is (a partial copy never
+//!    looks complete: backup_label and pg_control come last).
 //!
 //! The watcher never removes DEST itself: the workers might still write into
 //! it. It is removed on the main thread, after every worker stopped, as for
-//! any other failure; steps 2 and 3 are what make sure that happens. A second
-//! signal exits at once.
+//! any other failure; steps 2 and 3 are what make sure that happens, and
+//! step 4 never cuts that removal short. A second signal exits at once.
 //!
 //! Sessions are registered when they connect ([`register`]) and forgotten
 //! when their connection is dropped. A connection attempt that is still
@@ -49,7 +51,7 @@ const SHUTDOWN_AFTER: Duration = Duration::from_millis(2000);
 const EXIT_AFTER: Duration = Duration::from_millis(4000);
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
-static CLEANING_UP: AtomicBool = AtomicBool::new(false);
+static LOCAL_ONLY: AtomicBool = AtomicBool::new(false);
 static SESSIONS: Mutex<Vec<Session>> = Mutex::new(Vec::new());
 static SERVERS: Mutex<Vec<Endpoint>> = Mutex::new(Vec::new());
 
@@ -109,7 +111,7 @@ fn escalate(second: &std::sync::mpsc::Receiver<()>) {
     log::debug!("shutting down the sockets of every session");
     shut_down_sockets();
     wait_until(EXIT_AFTER);
-    if !CLEANING_UP.load(Ordering::SeqCst) {
+    if !LOCAL_ONLY.load(Ordering::SeqCst) {
         exit_now("interrupted: the threads did not stop in time; DEST was left as it is");
     }
     if second.recv().is_ok() {
@@ -122,10 +124,11 @@ fn exit_now(message: &str) -> ! {
     std::process::exit(crate::error::Exit::Interrupted.code());
 }
 
-/// The failure path has begun to end the backup and remove DEST: the
-/// watcher lets it finish (a second signal still exits at once).
-pub fn cleanup_started() {
-    CLEANING_UP.store(true, Ordering::SeqCst);
+/// The run needs the server no more: what is left writes or removes
+/// DEST, however long the disk takes; the watcher lets it finish (a second
+/// signal still exits at once).
+pub fn only_local_work_left() {
+    LOCAL_ONLY.store(true, Ordering::SeqCst);
 }
 
 /// Remember a session until `alive` can no longer be upgraded (the

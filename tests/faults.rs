@@ -656,6 +656,7 @@ fn sigint_ends_a_backup_whose_worker_backend_hangs() {
     std::thread::sleep(Duration::from_secs(2));
     send_signal(&child, "INT");
     let (code, stderr, took) = wait_exit(child);
+    eprintln!("took {took:?}: {stderr}");
     assert_eq!(code, Some(130), "{stderr}");
     assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");

@@ -198,3 +198,28 @@ fn shut_down_sockets() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn only_sockets_to_a_registered_server_are_shut_down() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        register_endpoint(Endpoint::Tcp(addr.ip(), addr.port()));
+        let mut ours = std::net::TcpStream::connect(addr).unwrap();
+        let theirs = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        let (_held, _) = server.accept().unwrap();
+        let (_held_other, _) = other.accept().unwrap();
+        shut_down_sockets();
+        // A read that would block forever returns at once: end of stream.
+        let mut buf = [0u8; 1];
+        assert_eq!(ours.read(&mut buf).unwrap(), 0);
+        theirs.set_nonblocking(true).unwrap();
+        let untouched = (&theirs).read(&mut buf).unwrap_err();
+        assert_eq!(untouched.kind(), std::io::ErrorKind::WouldBlock);
+    }
+}

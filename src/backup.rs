@@ -475,9 +475,10 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
-        watch.verdict(
-            copied.and_then(|(copied, readers_back)| Ok((copied, readers_back, follower?))),
-        )
+        // A failed WAL thread is what stopped the copy: its error comes first.
+        watch.verdict(follower.and_then(|follower| {
+            copied.map(|(copied, readers_back)| (copied, readers_back, follower))
+        }))
     })?;
     readers = readers_back;
 
@@ -761,33 +762,24 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     );
     let mut slot_at = start_lsn;
     loop {
-        let step = (|| -> Result<()> {
-            follower.poll(&dest, abort)?;
-            if let Some(name) = &slot {
-                // Everything before the first segment we do not hold in full can go.
-                let mut next = start_lsn / info.wal_segment_size;
-                for segno in follower.complete_segments() {
-                    if segno == next {
-                        next += 1;
-                    }
-                }
-                let lsn = next * info.wal_segment_size;
-                if lsn > slot_at {
-                    server::advance_slot(&mut control, name, lsn)?;
-                    slot_at = lsn;
+        if cut_short_by_stop(follower.poll(&dest, abort), abort)? {
+            break;
+        }
+        if let Some(name) = &slot {
+            // Everything before the first segment we do not hold in full can go.
+            let mut next = start_lsn / info.wal_segment_size;
+            for segno in follower.complete_segments() {
+                if segno == next {
+                    next += 1;
                 }
             }
-            Ok(())
-        })();
-        match step {
-            // A signal cancelled the poll in flight: a requested stop all the
-            // same (the next run copies that segment again).
-            Err(e) if abort.signalled() => {
-                log::debug!("WAL poll cut short by the stop: {e:#}");
-                break;
+            let lsn = next * info.wal_segment_size;
+            if lsn > slot_at {
+                if cut_short_by_stop(server::advance_slot(&mut control, name, lsn), abort)? {
+                    break;
+                }
+                slot_at = lsn;
             }
-            Err(e) => return Err(e),
-            Ok(()) => {}
         }
         if abort.sleep(settings.wal_poll) {
             break;
@@ -802,6 +794,20 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
         progress.wal_bytes()
     );
     Ok(())
+}
+
+/// Whether a step of the -S -x feed failed because a signal cancelled it
+/// (interrupt.rs): a requested stop all the same, the next run copies that
+/// segment again. Other failures are returned.
+fn cut_short_by_stop(step: Result<impl Sized>, abort: &Abort) -> Result<bool> {
+    match step {
+        Err(e) if abort.signalled() => {
+            log::debug!("cut short by the stop: {e:#}");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+        Ok(_) => Ok(false),
+    }
 }
 
 /// Used by tests of the tablespace map rewrite.

@@ -888,3 +888,37 @@ fn the_wal_follower_under_cron_copies_once_and_sigint_stops_it_with_0() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     src.assert_no_leftovers();
 }
+
+#[test]
+fn a_disk_that_cannot_hold_the_wal_segments_fails_with_exit_5() {
+    // Each WAL segment of the copy is allocated in full (16 MB) when it is
+    // created; a 12 MB file size limit stands for a disk without room for
+    // one, while every data file of a fresh cluster fits.
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let mut cmd = tool();
+    cmd.args(["-x", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    const LIMIT: libc::rlim_t = 12 << 20;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (code, stderr) = failed_run(cmd, &dest);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("pg_wal/0000") && stderr.contains("File too large"),
+        "the segment and the reason are named: {stderr}"
+    );
+    src.assert_no_leftovers();
+}

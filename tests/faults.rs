@@ -922,3 +922,30 @@ fn a_disk_that_cannot_hold_the_wal_segments_fails_with_exit_5() {
     );
     src.assert_no_leftovers();
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
+    wait_for_copying(&dest);
+    let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let stopped = Stopped::new(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    send_signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        Command::new("kill")
+            .args(["-0", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success(),
+        "the first signal waits for the blocked worker a moment"
+    );
+    send_signal(&child, "TERM");
+    let (code, stderr, took) = wait_exit(child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(1), "took {took:?}: {stderr}");
+    assert!(stderr.contains("interrupted again"), "{stderr}");
+    drop(stopped);
+    // The process is gone, and its sessions with it.
+    src.assert_no_leftovers();
+}

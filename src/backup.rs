@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -30,6 +30,7 @@ use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
 use crate::wal::WalFollower;
+use crate::watchdog;
 use crate::{bail_with, wal};
 
 /// application_name of each kind of session, so a DBA can tell them apart
@@ -318,6 +319,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
         Err(e) => {
             abort.fail();
+            crate::interrupt::only_local_work_left();
             let e = if abort.signalled() {
                 e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
             } else {
@@ -380,10 +382,8 @@ fn backup_into(
             }
         }
     }
-    // A spread checkpoint can take minutes: a signal must not wait for it.
-    let start_lsn = cancel_on_abort(control, abort, |c| {
-        server::start_backup(c, info, &settings.label, settings.fast_checkpoint)
-    })?;
+    // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
+    let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
     info!("backup started at {}", server::format_lsn(start_lsn));
     let aux = readers[0].client();
     let timeline = server::current_timeline(aux)?;
@@ -444,6 +444,8 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        // The backup lives in the control session: losing it ends the copy.
+        let watch = watchdog::watch(s, control, abort);
         let wal_dest = out.wal_dest();
         let wal_thread = follower.take().map(|mut f| {
             let wal_done = &wal_done;
@@ -476,8 +478,10 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
-        let (copied, readers_back) = copied?;
-        Ok((copied, readers_back, follower?))
+        // A failed WAL thread is what stopped the copy: its error comes first.
+        watch.verdict(follower.and_then(|follower| {
+            copied.map(|(copied, readers_back)| (copied, readers_back, follower))
+        }))
     })?;
     readers = readers_back;
 
@@ -506,6 +510,8 @@ fn backup_into(
     if abort.is_set() {
         anyhow::bail!("backup interrupted");
     }
+    // Only writing DEST is left: a signal from here on lets the backup complete.
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         out.sync_data()?;
     }
@@ -596,33 +602,6 @@ fn write_recovery_conf(
             now,
         )
     }
-}
-
-/// Run `f` on `client`, sending the server a cancel request if `abort` is
-/// set meanwhile (as libpq before 17, the request goes without TLS; if the
-/// server insists on TLS it is refused and `f` simply runs to its end).
-fn cancel_on_abort<T>(
-    client: &mut Client,
-    abort: &Abort,
-    f: impl FnOnce(&mut Client) -> Result<T>,
-) -> Result<T> {
-    let token = client.cancel_token();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if abort.sleep(Duration::from_millis(100)) {
-                    if let Err(e) = token.cancel_query(postgres::NoTls) {
-                        log::debug!("could not cancel the running statement: {e}");
-                    }
-                    return;
-                }
-            }
-        });
-        let result = f(client);
-        done.store(true, Ordering::SeqCst);
-        result
-    })
 }
 
 /// A whole small file into memory (pg_control: 8 kB).
@@ -786,7 +765,9 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     );
     let mut slot_at = start_lsn;
     loop {
-        follower.poll(&dest, abort)?;
+        if cut_short_by_stop(follower.poll(&dest, abort), abort)? {
+            break;
+        }
         if let Some(name) = &slot {
             // Everything before the first segment we do not hold in full can go.
             let mut next = start_lsn / info.wal_segment_size;
@@ -797,7 +778,9 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             }
             let lsn = next * info.wal_segment_size;
             if lsn > slot_at {
-                server::advance_slot(&mut control, name, lsn)?;
+                if cut_short_by_stop(server::advance_slot(&mut control, name, lsn), abort)? {
+                    break;
+                }
                 slot_at = lsn;
             }
         }
@@ -805,6 +788,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             break;
         }
     }
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         dest.sync()?;
     }
@@ -813,6 +797,20 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
         progress.wal_bytes()
     );
     Ok(())
+}
+
+/// Whether a step of the -S -x feed failed because a signal cancelled it
+/// (interrupt.rs): a requested stop all the same, the next run copies that
+/// segment again. Other failures are returned.
+fn cut_short_by_stop(step: Result<impl Sized>, abort: &Abort) -> Result<bool> {
+    match step {
+        Err(e) if abort.signalled() => {
+            log::debug!("cut short by the stop: {e:#}");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+        Ok(_) => Ok(false),
+    }
 }
 
 /// Used by tests of the tablespace map rewrite.

@@ -10,6 +10,7 @@ mod delta;
 mod dest;
 mod error;
 mod integrity;
+mod interrupt;
 mod manifest;
 mod output;
 mod pagecheck;
@@ -22,10 +23,9 @@ mod tar_compress;
 mod tar_out;
 mod throttle;
 mod wal;
+mod watchdog;
 
 use std::io::Write;
-
-use clap::Parser;
 
 fn main() {
     keep_chunk_buffers();
@@ -35,13 +35,26 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let args = cli::Args::parse();
+    let args = cli::parse();
     init_logging(args.verbose, args.debug);
     let result = args
         .into_settings(|| std::io::stdin().lines().collect())
         .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
-        log::error!("{err:#}");
+        // Whatever failed after a signal failed because of it.
+        let err = if interrupt::signalled() && error::exit_of(&err) != error::Exit::Interrupted {
+            err.context(error::Failure::new(
+                error::Exit::Interrupted,
+                "interrupted by a signal",
+            ))
+        } else {
+            err
+        };
+        let (line, hint) = error::report(&err);
+        log::error!("{line}");
+        if let Some(hint) = hint {
+            eprintln!("pg_basebackup: hint: {hint}");
+        }
         std::process::exit(error::exit_of(&err).code());
     }
 }

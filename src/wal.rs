@@ -148,6 +148,10 @@ impl<'a> WalFollower<'a> {
     fn fetch_segment(&mut self, dest: &Dest, segno: u64, from: u64, to: u64) -> Result<()> {
         let name = segment_name(self.timeline, segno, self.info.wal_segment_size);
         debug!("WAL {name}: bytes {from}..{to}");
+        if !self.have.contains_key(&segno) {
+            // Whole, never sparse: the copy must not run out of disk later.
+            dest.allocate(&format!("pg_wal/{name}"), self.info.wal_segment_size)?;
+        }
         let got = self.fetch(
             dest,
             &name,

@@ -25,6 +25,7 @@ use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
 use crate::output::{AUTO_CONF, Output, TarOutput};
+use crate::pg_control;
 use crate::plan;
 use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
@@ -480,11 +481,9 @@ fn backup_into(
 
     // global/pg_control: read after every other file, written after the label.
     let pg_control = match plan.pg_control {
-        Some(i) => Some(read_whole(
-            &mut readers[0],
-            &plan.files[i].path,
-            plan.files[i].size,
-        )?),
+        Some(i) => Some(pg_control::read_consistent(info.major(), || {
+            read_whole(&mut readers[0], &plan.files[i].path, plan.files[i].size)
+        })?),
         None => None,
     };
     progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));

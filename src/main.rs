@@ -14,6 +14,7 @@ mod manifest;
 mod output;
 mod pagecheck;
 mod paths;
+mod pg_control;
 mod plan;
 mod progress;
 mod reader;

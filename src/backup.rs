@@ -30,6 +30,7 @@ use crate::plan;
 use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
+use crate::standby;
 use crate::wal::WalFollower;
 use crate::{bail_with, wal};
 
@@ -38,6 +39,7 @@ use crate::{bail_with, wal};
 const APPLICATION_NAME: &str = "pg_basebackup";
 const WORKER_NAME: &str = "pg_basebackup worker";
 const WAL_NAME: &str = "pg_basebackup wal";
+const WATCH_NAME: &str = "pg_basebackup watch";
 
 /// Run the mode the settings ask for.
 pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
@@ -210,7 +212,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     }
     server::check_free_connections(
         &mut control,
-        settings.jobs as u32 + u32::from(settings.fetch_wal),
+        settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
     info!(
@@ -381,6 +383,17 @@ fn backup_into(
             }
         }
     }
+    let watch = if info.in_recovery {
+        info!(
+            "the source is a standby: the backup ends at its minimum recovery point, \
+             and fails if it is promoted meanwhile"
+        );
+        let mut client = spec.connect(WATCH_NAME)?;
+        server::disable_timeouts(&mut client)?;
+        Some(client)
+    } else {
+        None
+    };
     // A spread checkpoint can take minutes: a signal must not wait for it.
     let start_lsn = cancel_on_abort(control, abort, |c| {
         server::start_backup(c, info, &settings.label, settings.fast_checkpoint)
@@ -442,6 +455,15 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        let watch_thread = watch.map(|client| {
+            let wal_done = &wal_done;
+            std::thread::Builder::new()
+                .name("watch".into())
+                .spawn_scoped(s, move || {
+                    standby::watch_for_promotion(client, abort, wal_done)
+                })
+                .expect("spawn the standby watch thread")
+        });
         let wal_dest = out.wal_dest();
         let wal_thread = follower.take().map(|mut f| {
             let wal_done = &wal_done;
@@ -474,8 +496,14 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
+        if let Some(t) = watch_thread {
+            t.join().expect("the standby watch thread panicked")?;
+        }
+        // The helper threads' errors first: when one fails, the copy only
+        // says it was interrupted.
+        let follower = follower?;
         let (copied, readers_back) = copied?;
-        Ok((copied, readers_back, follower?))
+        Ok((copied, readers_back, follower))
     })?;
     readers = readers_back;
 
@@ -488,12 +516,28 @@ fn backup_into(
     };
     progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
     let stop = server::stop_backup(control, info)?;
-    info!("backup stopped at {}", server::format_lsn(stop.lsn));
+    info!(
+        "backup stopped at {}{}",
+        server::format_lsn(stop.lsn),
+        if info.in_recovery {
+            " (the standby's minimum recovery point)"
+        } else {
+            ""
+        }
+    );
     let (mut wal_bytes, mut wal_segments) = (0, 0);
+    // Without -x the copy's WAL comes from elsewhere; its range is the
+    // start timeline's.
+    let mut wal_ranges = vec![WalRange {
+        timeline,
+        start_lsn,
+        end_lsn: stop.lsn,
+    }];
     if let Some(mut f) = follower {
         let dest = out.wal_dest().context("no directory for the WAL")?;
         f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
         (wal_bytes, wal_segments) = (progress.wal_bytes(), f.segments_copied());
+        wal_ranges = f.wal_ranges(stop.lsn);
     }
     progress.finish();
     for &i in &copied.vanished {
@@ -539,12 +583,7 @@ fn backup_into(
                 checksum_of(alg, bytes)?,
             );
         }
-        let wal = WalRange {
-            timeline,
-            start_lsn,
-            end_lsn: stop.lsn,
-        };
-        out.put_manifest(manifest.finish(&[wal])?)?;
+        out.put_manifest(manifest.finish(&wal_ranges)?)?;
     }
     if settings.write_recovery_conf {
         write_recovery_conf(out, spec, info, now)?;

@@ -19,8 +19,10 @@ mod plan;
 mod progress;
 mod reader;
 mod server;
+mod standby;
 mod tar_out;
 mod throttle;
+mod timeline;
 mod wal;
 
 use std::io::Write;

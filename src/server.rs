@@ -261,6 +261,11 @@ pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) ->
     Ok(in_backup)
 }
 
+/// Whether the server is a standby (still in recovery).
+pub fn in_recovery(client: &mut Client) -> Result<bool> {
+    Ok(query_one(client, "SELECT pg_is_in_recovery()", &[])?.get(0))
+}
+
 /// The timeline the server writes WAL on now (on a standby: replays).
 pub fn current_timeline(client: &mut Client) -> Result<u32> {
     let sql = "SELECT timeline_id::int8 FROM pg_control_checkpoint()";

@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, scratch_dir, tool};
+use common::{Cluster, assert_ok, run, scratch_dir, tool};
 
 /// The tool in the background with -v; its stderr lines arrive on the
 /// returned channel as they are written.
@@ -107,4 +107,204 @@ fn a_pg_control_that_never_reads_consistently_fails_the_backup() {
     );
     assert!(!dest.exists(), "the partial copy is removed");
     src.assert_no_leftovers();
+}
+
+/// A streaming standby of `upstream` in `<scratch>/<name>`, made by the
+/// tool itself (-R -x), once `upstream` streams to it.
+fn standby_of(upstream: &Cluster, scratch: &Path, name: &str) -> Cluster {
+    let dir = scratch.join(name);
+    assert_ok(&run(&[
+        "-R",
+        "-x",
+        "-c",
+        "fast",
+        &upstream.dsn(),
+        dir.to_str().unwrap(),
+    ]));
+    let standby = Cluster::start_standby_on_copy(&dir, upstream.version);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while upstream.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no standby streams from PostgreSQL {}",
+            upstream.version
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    standby
+}
+
+/// Start a copy of a standby as a server of its own: without the standby
+/// configuration it came with, it recovers from its own pg_wal alone.
+fn start_detached_copy(dest: &Path, version: u32) -> Cluster {
+    for f in ["standby.signal", "recovery.conf"] {
+        let _ = std::fs::remove_file(dest.join(f));
+    }
+    Cluster::start_on_copy(dest, version)
+}
+
+/// The oldest and newest majors, and 15 (the client tools' own).
+fn standby_majors() -> Vec<u32> {
+    let all = common::available_majors();
+    let mut chosen: Vec<u32> = [all.first(), all.last()]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    if all.contains(&15) {
+        chosen.push(15);
+    }
+    chosen.sort();
+    chosen.dedup();
+    chosen
+}
+
+fn a_standby_backs_up_under_writes(version: u32) {
+    let scratch = scratch_dir();
+    let primary = Cluster::start(version);
+    primary.pgbench_init(2);
+    let standby = standby_of(&primary, scratch.path(), "standby");
+    let load = primary.pgbench_load(2);
+    let dest = scratch.path().join("copy");
+    let out = run(&[
+        "-v",
+        "-j",
+        "4",
+        "-x",
+        "-c",
+        "fast",
+        &standby.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    load.stop();
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the source is a standby"), "{stderr}");
+    assert!(
+        stderr.contains("(the standby's minimum recovery point)"),
+        "{stderr}"
+    );
+    let label = std::fs::read_to_string(dest.join("backup_label")).unwrap();
+    assert!(label.contains("BACKUP FROM: standby"), "{label}");
+    standby.assert_no_leftovers();
+    if [15, 18].contains(&version) {
+        common::assert_verifies(version, &dest);
+    }
+    let copy = start_detached_copy(&dest, version);
+    copy.assert_pgbench_consistent();
+    copy.assert_amcheck();
+}
+
+#[test]
+fn a_standby_backs_up_under_writes_on_oldest_newest_and_15() {
+    for version in standby_majors() {
+        a_standby_backs_up_under_writes(version);
+    }
+}
+
+#[test]
+fn a_standby_promoted_during_the_backup_fails_it_within_seconds() {
+    let scratch = scratch_dir();
+    let primary = Cluster::start(15);
+    primary.pgbench_init(3);
+    let standby = standby_of(&primary, scratch.path(), "standby");
+    let dest = scratch.path().join("copy");
+    let dsn = standby.dsn();
+    let (child, rx) = spawn_verbose(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-r",
+        "4M",
+        // Small requests: the rate limit's wait for one is short.
+        "--chunk-size",
+        "1M",
+        &dsn,
+        dest.to_str().unwrap(),
+    ]);
+    let seen = wait_for_line(&rx, "read requests");
+    // pg_promote() returns once the standby is out of recovery.
+    standby.psql("SELECT pg_promote()");
+    let promoted = Instant::now();
+    let (code, stderr) = finish(child, rx, seen);
+    let took = promoted.elapsed();
+    assert_eq!(code, 6, "{stderr}");
+    assert!(took < Duration::from_secs(5), "noticed after {took:?}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    assert!(errors[0].contains("the standby was promoted"), "{stderr}");
+    assert!(!dest.exists(), "the partial copy is removed");
+    standby.assert_no_leftovers();
+}
+
+#[test]
+fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
+    // primary -> upstream -> standby; the upstream is promoted mid-backup
+    // and the standby we copy follows it onto timeline 2.
+    let scratch = scratch_dir();
+    let primary = Cluster::start(15);
+    primary.pgbench_init(3);
+    let upstream = standby_of(&primary, scratch.path(), "upstream");
+    let standby = standby_of(&upstream, scratch.path(), "standby");
+    let dest = scratch.path().join("copy");
+    let dsn = standby.dsn();
+    let (mut child, rx) = spawn_verbose(&[
+        "-j",
+        "2",
+        "-x",
+        "-c",
+        "fast",
+        "-r",
+        "3M",
+        "--chunk-size",
+        "1M",
+        &dsn,
+        dest.to_str().unwrap(),
+    ]);
+    let seen = wait_for_line(&rx, "read requests");
+    upstream.psql("SELECT pg_promote()");
+    drop(primary);
+    let load = upstream.pgbench_load(2);
+    upstream.psql("CREATE TABLE after_switch AS SELECT 1 AS i; CHECKPOINT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.try_psql("SELECT count(*) FROM after_switch") != Ok("1".into()) {
+        assert!(Instant::now() < deadline, "the standby did not follow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A restartpoint on the new timeline moves the standby's minimum
+    // recovery point, where the backup stops, past the switch.
+    standby.psql("CHECKPOINT");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup ended before the switch; slow it down"
+    );
+    let (code, stderr) = finish(child, rx, seen);
+    load.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("over 2 timelines"), "{stderr}");
+    let wal: Vec<String> = std::fs::read_dir(dest.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(wal.contains(&"00000002.history".to_string()), "{wal:?}");
+    for tli in ["00000001", "00000002"] {
+        assert!(
+            wal.iter().any(|w| w.len() == 24 && w.starts_with(tli)),
+            "{wal:?}"
+        );
+    }
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    assert!(
+        manifest.contains("\"Timeline\": 1") && manifest.contains("\"Timeline\": 2"),
+        "{manifest}"
+    );
+    common::assert_verifies(15, &dest);
+    standby.assert_no_leftovers();
+    let copy = start_detached_copy(&dest, 15);
+    assert_eq!(copy.psql("SELECT count(*) FROM after_switch"), "1");
+    copy.assert_pgbench_consistent();
+    copy.assert_amcheck();
 }

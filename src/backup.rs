@@ -16,6 +16,7 @@ use log::{info, warn};
 use postgres::Client;
 
 use crate::abort::Abort;
+use crate::archive;
 use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
@@ -245,6 +246,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
     };
     let slot_obstacle = server::slot_obstacle(aux)?;
+    let archive_mode = server::archive_mode(aux)?;
+    archive::announce(settings.fetch_wal, &archive_mode, info.in_recovery);
 
     let mut delta = None;
     let mut out: Box<dyn Output> = match (settings.tar, earlier) {
@@ -264,6 +267,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         abort,
         tablespaces: &tablespaces,
         targets: &targets,
+        wait_for_archive: archive::stop_waits(settings.fetch_wal, &archive_mode, info.in_recovery),
     };
     let result = backup_into(
         &run,
@@ -350,6 +354,9 @@ struct Run<'a> {
     tablespaces: &'a [Tablespace],
     /// Where each linked tablespace is written: (oid, directory).
     targets: &'a [(u32, PathBuf)],
+    /// Whether the backup stop waits until the server has archived the WAL
+    /// the copy needs (without -x, where the server archives).
+    wait_for_archive: bool,
 }
 
 fn backup_into(
@@ -368,6 +375,7 @@ fn backup_into(
         abort,
         tablespaces,
         targets,
+        wait_for_archive,
     } = *run;
     match slot_obstacle {
         Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
@@ -515,7 +523,21 @@ fn backup_into(
         None => None,
     };
     progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
-    let stop = server::stop_backup(control, info)?;
+    if wait_for_archive {
+        info!(
+            "stopping the backup: waiting for the server to archive the WAL the copy needs{}",
+            if info.in_recovery {
+                " (a standby archives a segment once it has received all of it: \
+                 this lasts until the primary fills or switches it, pg_switch_wal())"
+            } else {
+                ""
+            }
+        );
+    }
+    // Waiting for the archiver can take long: a signal cancels it.
+    let stop = cancel_on_abort(control, abort, |c| {
+        server::stop_backup(c, info, wait_for_archive)
+    })?;
     info!(
         "backup stopped at {}{}",
         server::format_lsn(stop.lsn),
@@ -525,6 +547,16 @@ fn backup_into(
             ""
         }
     );
+    if wait_for_archive {
+        info!(
+            "the server has archived the WAL the copy needs, through segment {}",
+            wal::segment_name(
+                timeline,
+                (stop.lsn - 1) / info.wal_segment_size,
+                info.wal_segment_size
+            )
+        );
+    }
     let (mut wal_bytes, mut wal_segments) = (0, 0);
     // Without -x the copy's WAL comes from elsewhere; its range is the
     // start timeline's.

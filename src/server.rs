@@ -228,15 +228,19 @@ pub struct BackupStop {
     pub tablespace_map: String,
 }
 
-/// Stop the backup started in this session. We fetch WAL ourselves, so never
-/// wait for the archiver.
-pub fn stop_backup(client: &mut Client, info: &ServerInfo) -> Result<BackupStop> {
+/// Stop the backup started in this session; with `wait_for_archive` the
+/// server returns only once the WAL the copy needs is archived.
+pub fn stop_backup(
+    client: &mut Client,
+    info: &ServerInfo,
+    wait_for_archive: bool,
+) -> Result<BackupStop> {
     let sql = if info.version_num >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
     } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
     };
-    let row = query_one(client, sql, &[])
+    let row = query_one(client, sql, &[&wait_for_archive])
         .exit_with(Exit::Backup, || "could not stop the backup".into())?;
     Ok(BackupStop {
         lsn: parse_lsn(&row.get::<_, String>(0))?,
@@ -259,6 +263,11 @@ pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) ->
         })?;
     }
     Ok(in_backup)
+}
+
+/// The server's archive_mode: off, on or always.
+pub fn archive_mode(client: &mut Client) -> Result<String> {
+    Ok(query_one(client, "SELECT current_setting('archive_mode')", &[])?.get(0))
 }
 
 /// Whether the server is a standby (still in recovery).

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, assert_ok, run, scratch_dir, tool};
+use common::{Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
 
 /// The tool in the background with -v; its stderr lines arrive on the
 /// returned channel as they are written.
@@ -112,6 +112,11 @@ fn a_pg_control_that_never_reads_consistently_fails_the_backup() {
 /// A streaming standby of `upstream` in `<scratch>/<name>`, made by the
 /// tool itself (-R -x), once `upstream` streams to it.
 fn standby_of(upstream: &Cluster, scratch: &Path, name: &str) -> Cluster {
+    standby_with(upstream, scratch, name, &[])
+}
+
+/// [`standby_of`] with extra postgresql.conf lines for the standby.
+fn standby_with(upstream: &Cluster, scratch: &Path, name: &str, conf: &[&str]) -> Cluster {
     let dir = scratch.join(name);
     assert_ok(&run(&[
         "-R",
@@ -121,6 +126,13 @@ fn standby_of(upstream: &Cluster, scratch: &Path, name: &str) -> Cluster {
         &upstream.dsn(),
         dir.to_str().unwrap(),
     ]));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("postgresql.conf"))
+        .unwrap();
+    for line in conf {
+        writeln!(file, "{line}").unwrap();
+    }
     let standby = Cluster::start_standby_on_copy(&dir, upstream.version);
     let deadline = Instant::now() + Duration::from_secs(120);
     while upstream.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "0"
@@ -307,4 +319,117 @@ fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
     assert_eq!(copy.psql("SELECT count(*) FROM after_switch"), "1");
     copy.assert_pgbench_consistent();
     copy.assert_amcheck();
+}
+
+/// The last WAL segment a copy needs: the one (16 MB, timeline 1) that
+/// holds the byte before the stop point, its manifest's End-LSN.
+fn last_needed_segment(dest: &Path) -> String {
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    let lsn = manifest
+        .split("\"End-LSN\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no End-LSN in {manifest}"));
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let segno = (lsn - 1) / (16 << 20);
+    format!("00000001{:08X}{:08X}", segno / 256, segno % 256)
+}
+
+#[test]
+fn without_wal_the_backup_waits_for_the_archive() {
+    let scratch = scratch_dir();
+    let archive = scratch.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    common::chown_postgres(&archive);
+    // An archiver slow enough that a backup which does not wait for it
+    // ends before the last segment is archived.
+    let src = ClusterOptions::new(15)
+        .conf("archive_mode = on")
+        .conf(&format!(
+            "archive_command = 'sleep 3; cp %p {}/%f'",
+            archive.display()
+        ))
+        .start();
+    src.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    let dest = scratch.path().join("copy");
+    let out = run(&["-v", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    assert_ok(&out);
+    let last = last_needed_segment(&dest);
+    assert!(
+        archive.join(&last).is_file(),
+        "{last} is archived when the tool exits"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the backup stop waits until the server has archived it")
+            && stderr.contains(&format!("through segment {last}")),
+        "{stderr}"
+    );
+
+    // The copy starts from the archive alone.
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dest.join("postgresql.auto.conf"))
+        .unwrap();
+    writeln!(conf, "restore_command = 'cp {}/%f %p'", archive.display()).unwrap();
+    std::fs::File::create(dest.join("recovery.signal")).unwrap();
+    drop(src);
+    let copy = Cluster::start_on_copy(&dest, 15);
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn without_wal_a_standby_that_archives_always_is_waited_for() {
+    let scratch = scratch_dir();
+    let archive = scratch.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    common::chown_postgres(&archive);
+    let primary = Cluster::start(15);
+    let command = format!(
+        "archive_command = 'sleep 1; cp %p {}/%f'",
+        archive.display()
+    );
+    let standby = standby_with(
+        &primary,
+        scratch.path(),
+        "standby",
+        &["archive_mode = always", &command],
+    );
+    primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    let dest = scratch.path().join("copy");
+    let dsn = standby.dsn();
+    let (mut child, rx) = spawn_verbose(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
+    let seen = wait_for_line(&rx, "waiting for the server to archive");
+    // The standby archives the segment only once the primary completes it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the backup stop never returned");
+        primary.psql("INSERT INTO t VALUES (0); SELECT pg_switch_wal()");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (code, stderr) = finish(child, rx, seen);
+    assert_eq!(code, 0, "{stderr}");
+    let last = last_needed_segment(&dest);
+    assert!(archive.join(&last).is_file(), "{last} is archived");
+    assert!(
+        stderr.contains(&format!("through segment {last}")),
+        "{stderr}"
+    );
+    standby.assert_no_leftovers();
+}
+
+#[test]
+fn without_wal_and_without_archiving_the_backup_warns_first() {
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("warn: archive_mode is off") && first.contains("-x"),
+        "{stderr}"
+    );
 }

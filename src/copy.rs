@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 
 use anyhow::Result;
 use log::debug;
@@ -23,7 +23,7 @@ use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
-use crate::reader::{Fetched, Reader};
+use crate::reader::Reader;
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]
@@ -40,6 +40,16 @@ pub struct CopyOutcome {
 /// one entry per piece (`None`: nothing kept, or the file was gone).
 pub type TaskBuffers = Vec<Option<Vec<u8>>>;
 
+/// What a worker keeps for its sink from one piece to the next.
+#[derive(Default)]
+pub struct Scratch {
+    /// The current task's pieces, for a sink that writes whole tasks (tar).
+    pub held: TaskBuffers,
+    /// The file the last piece went to, kept open for the next piece of it
+    /// (plain output), and closed when the worker ends.
+    pub open: Option<(String, std::fs::File)>,
+}
+
 /// Where the workers put what they read.
 pub trait Sink: Sync {
     /// Called on the fetch thread before task `index` is read.
@@ -49,7 +59,7 @@ pub trait Sink: Sync {
     /// file shrank), `None` if the file was gone.
     fn piece(
         &self,
-        held: &mut TaskBuffers,
+        scratch: &mut Scratch,
         task: &Task,
         i: usize,
         file: &FileEntry,
@@ -143,58 +153,35 @@ pub fn copy_files(
     Ok((outcome, returned.into_inner().unwrap()))
 }
 
-/// One worker: this thread fetches, a second one writes, so the server
-/// reads and sends the next request while the last one is being written
-/// (which is what lets even -j 1 keep both sides busy). The rendezvous
-/// channel bounds a worker to two requests in memory, each costing its size
-/// once because the patched codec (vendor/README.md) sizes a row's buffer
-/// exactly: peak RSS is about 2 x chunk size x jobs plus ~20 MB.
+/// One worker: take tasks from the queue until it is empty, read each and
+/// hand its rows to the sink as they arrive. The server keeps sending while
+/// a row is written (the socket buffers what we have not read yet), so one
+/// thread keeps both sides busy, and a worker holds one row, not a task.
 fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
-    let suspects = std::thread::scope(|s| -> Result<Vec<Suspect>> {
-        let (tx, rx) = mpsc::sync_channel::<(usize, Cow<Task>, Fetched)>(0);
-        let writer = s.spawn(move || -> Result<Vec<Suspect>> {
-            let mut inflated = Vec::new();
-            let mut suspects = Vec::new();
-            for (index, task, fetched) in rx {
-                write_task(shared, index, &task, &fetched, &mut inflated, &mut suspects)?;
-            }
-            Ok(suspects)
-        });
-        let fetched = fetch_tasks(reader, shared, reconnect, &tx);
-        drop(tx);
-        let written = writer.join().expect("the writer thread panicked");
-        // A failed write ends the fetching too: its error comes first.
-        let suspects = written?;
-        fetched?;
-        Ok(suspects)
-    })?;
-    recheck(reader, shared, suspects)
-}
-
-fn fetch_tasks<'p>(
-    reader: &mut Reader,
-    shared: &Shared<'p>,
-    reconnect: Reconnect,
-    tx: &mpsc::SyncSender<(usize, Cow<'p, Task>, Fetched)>,
-) -> Result<()> {
     let files = &shared.job.plan.files;
+    let mut suspects = Vec::new();
+    let mut scratch = Scratch::default();
     loop {
         if shared.abort.is_set() {
-            return Ok(());
+            break;
         }
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(task) = shared.job.plan.tasks.get(i) else {
-            return Ok(());
+            break;
         };
         shared.job.sink.wait_turn(i, shared.abort);
         if shared.abort.is_set() {
-            return Ok(());
+            break;
         }
-        for p in &task.pieces {
-            shared
-                .job
-                .integrity
-                .wait_turn(p.file, p.offset, shared.abort);
+        for (n, p) in task.pieces.iter().enumerate() {
+            // The pieces of one file in a task are consecutive: its first
+            // one decides whether the checksum window has room.
+            if n == 0 || task.pieces[n - 1].file != p.file {
+                shared
+                    .job
+                    .integrity
+                    .wait_turn(p.file, p.offset, shared.abort);
+            }
         }
         let task = match shared.job.delta {
             Some(d) => d.to_fetch(
@@ -210,23 +197,50 @@ fn fetch_tasks<'p>(
         if task.pieces.is_empty() {
             continue;
         }
-        let ranges: Vec<_> = task
-            .pieces
+        copy_task(reader, shared, reconnect, i, &task, &mut scratch, &mut suspects)?;
+    }
+    recheck(reader, shared, suspects)
+}
+
+/// Read one task and hand each piece to the sink as it arrives. A request
+/// is idempotent: when its session is lost, the pieces not yet handed over
+/// are asked for again on a new session.
+fn copy_task(
+    reader: &mut Reader,
+    shared: &Shared,
+    reconnect: Reconnect,
+    index: usize,
+    task: &Task,
+    scratch: &mut Scratch,
+    suspects: &mut Vec<Suspect>,
+) -> Result<()> {
+    let files = &shared.job.plan.files;
+    let mut pending: Vec<usize> = (0..task.pieces.len()).collect();
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let ranges: Vec<_> = pending
             .iter()
-            .map(|p| (files[p.file].path.as_str(), p.offset, p.len))
+            .map(|&i| {
+                let p = task.pieces[i];
+                (files[p.file].path.as_str(), p.offset, p.len)
+            })
             .collect();
-        // A request is idempotent, and nothing of a failed one was written.
-        let mut attempt = 0;
-        let fetched = loop {
-            match reader.fetch(&ranges) {
-                Ok(f) => break f,
-                Err(e) => replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?,
-            }
-        };
-        if tx.send((i, task, fetched)).is_err() {
-            return Ok(()); // the writer stopped; it reports why
+        let mut done = vec![false; pending.len()];
+        let read = reader.read(&ranges, |r, data| {
+            done[r] = true;
+            write_piece(shared, scratch, task, pending[r], data, suspects)
+        });
+        pending = pending
+            .into_iter()
+            .zip(done)
+            .filter_map(|(i, done)| (!done).then_some(i))
+            .collect();
+        if let Err(e) = read {
+            replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?;
         }
     }
+    let held = std::mem::take(&mut scratch.held);
+    shared.job.sink.end_task(index, task, held)
 }
 
 /// Decide whether a failed request is retried: only when its session was
@@ -256,60 +270,55 @@ pub fn replace_lost_session(
     Ok(())
 }
 
-/// Hand the rows of one request to the sink and account for them
-/// (checksums, page verification); pages that fail verification are
-/// collected for one re-read.
-fn write_task(
+/// Hand piece `i` of `task` to the sink and account for it (checksums,
+/// page verification); pages that fail verification are collected for one
+/// re-read.
+fn write_piece(
     shared: &Shared,
-    index: usize,
+    scratch: &mut Scratch,
     task: &Task,
-    fetched: &Fetched,
-    inflated: &mut Vec<u8>,
+    i: usize,
+    data: Option<&[u8]>,
     suspects: &mut Vec<Suspect>,
 ) -> Result<()> {
-    let files = &shared.job.plan.files;
-    let mut held = TaskBuffers::new();
-    fetched.deliver(inflated, |i, data| {
-        let piece = task.pieces[i];
-        let file = &files[piece.file];
-        shared.job.sink.piece(&mut held, task, i, file, data)?;
-        match data {
-            // The sink keeps the file at its size: the checksum covers the
-            // zeros (unless the file is left out entirely anyway).
-            None if piece.offset > 0 && shared.job.sink.zero_fills_vanished_tail() => {
-                debug!(
-                    "{} vanished during the backup; its tail is zeros",
-                    file.path
-                );
-                if !shared.vanished.lock().unwrap().contains(&piece.file) {
-                    shared
-                        .job
-                        .integrity
-                        .observe(piece.file, file, piece.offset, piece.len, &[])?;
-                }
-            }
-            None => {
-                debug!("{} vanished during the backup", file.path);
-                shared.vanished.lock().unwrap().insert(piece.file);
-                shared.job.integrity.mark_vanished(piece.file);
-            }
-            Some(bytes) => {
+    let piece = task.pieces[i];
+    let file = &shared.job.plan.files[piece.file];
+    shared.job.sink.piece(scratch, task, i, file, data)?;
+    match data {
+        // The sink keeps the file at its size: the checksum covers the
+        // zeros (unless the file is left out entirely anyway).
+        None if piece.offset > 0 && shared.job.sink.zero_fills_vanished_tail() => {
+            debug!(
+                "{} vanished during the backup; its tail is zeros",
+                file.path
+            );
+            if !shared.vanished.lock().unwrap().contains(&piece.file) {
                 shared
-                    .bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                shared.job.progress.add_data(bytes.len() as u64);
-                suspects.extend(shared.job.integrity.observe(
-                    piece.file,
-                    file,
-                    piece.offset,
-                    piece.len,
-                    bytes,
-                )?);
+                    .job
+                    .integrity
+                    .observe(piece.file, file, piece.offset, piece.len, &[])?;
             }
         }
-        Ok(())
-    })?;
-    shared.job.sink.end_task(index, task, held)
+        None => {
+            debug!("{} vanished during the backup", file.path);
+            shared.vanished.lock().unwrap().insert(piece.file);
+            shared.job.integrity.mark_vanished(piece.file);
+        }
+        Some(bytes) => {
+            shared
+                .bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            shared.job.progress.add_data(bytes.len() as u64);
+            suspects.extend(shared.job.integrity.observe(
+                piece.file,
+                file,
+                piece.offset,
+                piece.len,
+                bytes,
+            )?);
+        }
+    }
+    Ok(())
 }
 
 /// A page may fail its checksum because a write tore it while we read it;

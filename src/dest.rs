@@ -236,7 +236,35 @@ impl Dest {
         data: &[u8],
         final_len: Option<u64>,
     ) -> Result<()> {
-        let f = self.open(rel)?;
+        self.write_into(&self.open(rel)?, rel, offset, data, final_len)
+    }
+
+    /// [`write_at`](Self::write_at) through `open`, which caches the file of
+    /// the last call: the pieces of a file come one after another, and an
+    /// open and close per piece cost as much as a tenth of the write.
+    pub fn write_at_cached(
+        &self,
+        open: &mut Option<(String, File)>,
+        rel: &str,
+        offset: u64,
+        data: &[u8],
+        final_len: Option<u64>,
+    ) -> Result<()> {
+        if open.as_ref().is_none_or(|(path, _)| path != rel) {
+            *open = Some((rel.to_string(), self.open(rel)?));
+        }
+        let (_, f) = open.as_ref().expect("opened above");
+        self.write_into(f, rel, offset, data, final_len)
+    }
+
+    fn write_into(
+        &self,
+        f: &File,
+        rel: &str,
+        offset: u64,
+        data: &[u8],
+        final_len: Option<u64>,
+    ) -> Result<()> {
         f.write_all_at(data, offset).exit_with(Exit::Dest, || {
             format!("cannot write {}", self.path(rel).display())
         })?;

@@ -21,6 +21,7 @@ mod progress;
 mod reader;
 mod server;
 mod standby;
+mod tar_compress;
 mod tar_out;
 mod throttle;
 mod timeline;

@@ -37,7 +37,7 @@ use crate::abort::Abort;
 use crate::backup::{shell_quote, unix_now};
 use crate::bail_with;
 use crate::cli::Settings;
-use crate::copy::{Sink, TaskBuffers};
+use crate::copy::{Scratch, Sink, TaskBuffers};
 use crate::dest::Dest;
 use crate::error::{Exit, ExitContext};
 use crate::plan::{self, FileEntry, Plan, Task};
@@ -79,7 +79,7 @@ pub trait Output {
 impl Sink for Dest {
     fn piece(
         &self,
-        _held: &mut TaskBuffers,
+        scratch: &mut Scratch,
         task: &Task,
         i: usize,
         file: &FileEntry,
@@ -88,7 +88,8 @@ impl Sink for Dest {
         let Some(bytes) = data else { return Ok(()) };
         let piece = task.pieces[i];
         let is_last = piece.offset + piece.len == file.size;
-        self.write_at(
+        self.write_at_cached(
+            &mut scratch.open,
             &file.path,
             piece.offset,
             bytes,
@@ -99,7 +100,8 @@ impl Sink for Dest {
             // The file shrank: zeros in the rest of the range, as in a fresh
             // copy (where --delta would keep older bytes there).
             let zeros = vec![0; short as usize];
-            self.write_at(&file.path, piece.offset + piece.len - short, &zeros, None)?;
+            let offset = piece.offset + piece.len - short;
+            self.write_at_cached(&mut scratch.open, &file.path, offset, &zeros, None)?;
         }
         Ok(())
     }
@@ -374,7 +376,7 @@ impl Sink for TarOutput {
 
     fn piece(
         &self,
-        held: &mut TaskBuffers,
+        scratch: &mut Scratch,
         task: &Task,
         i: usize,
         _file: &FileEntry,
@@ -397,6 +399,7 @@ impl Sink for TarOutput {
             }
             return Ok(());
         }
+        let held = &mut scratch.held;
         if held.len() < task.pieces.len() {
             held.resize(task.pieces.len(), None);
         }

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use log::debug;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 use postgres::{Client, Statement};
 
 use crate::bail_with;
@@ -98,51 +100,6 @@ fn is_local_link(client: &mut Client) -> Result<bool> {
     Ok(client.query_one(sql, &[])?.get(0))
 }
 
-/// The rows of one request, received but not yet handled.
-pub struct Fetched {
-    rows: Vec<postgres::Row>,
-    compressed: bool,
-    options: Arc<ReadOptions>,
-}
-
-impl Fetched {
-    /// Call `sink(i, bytes)` for each range, as [`Reader::read`] describes;
-    /// `inflated` is a scratch buffer for compressed rows.
-    pub fn deliver(
-        &self,
-        inflated: &mut Vec<u8>,
-        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
-    ) -> Result<()> {
-        for row in &self.rows {
-            let n: i64 = row.get(0);
-            let index = usize::try_from(n - 1)
-                .ok()
-                .filter(|&i| i < self.rows.len())
-                .context("bad range number")?;
-            let wire = row.get::<_, Option<&[u8]>>(1);
-            let data = match wire {
-                Some(z) if self.compressed => {
-                    inflated.clear();
-                    flate2::read::ZlibDecoder::new(z)
-                        .read_to_end(inflated)
-                        .context("corrupt compressed data from the server")?;
-                    Some(inflated.as_slice())
-                }
-                other => other,
-            };
-            let counted = |b: Option<&[u8]>| b.map_or(0, |b| b.len() as u64);
-            self.options
-                .wire_bytes
-                .fetch_add(counted(wire), Ordering::Relaxed);
-            self.options
-                .data_bytes
-                .fetch_add(counted(data), Ordering::Relaxed);
-            sink(index, data)?;
-        }
-        Ok(())
-    }
-}
-
 pub struct Reader {
     client: Client,
     statement: Statement,
@@ -197,27 +154,29 @@ impl Reader {
         self.compressed
     }
 
-    /// Read `ranges`; `sink(i, bytes)` is called once per range with its
-    /// index and the bytes (fewer than asked if the file shrank, `None` if it
-    /// vanished). Uncompressed, the bytes borrow the protocol buffer.
+    /// Read `ranges` in one request; `sink(i, bytes)` is called for each
+    /// range as its row arrives, with the range's index and its bytes (fewer
+    /// than asked if the file shrank, `None` if it vanished). Rows are
+    /// handled as they come off the socket, so a request of many rows never
+    /// sits in memory whole and the server goes on sending while we write.
+    /// Uncompressed, the bytes borrow the protocol buffer.
+    ///
+    /// Keep each range small (plan::MAX_ROW): the server builds every row
+    /// in fresh buffers, and rows of megabytes cost it page faults and three
+    /// times the CPU (shared/postgres-facts.md, section 3).
+    ///
+    /// If the request fails midway, the ranges already handed to `sink`
+    /// stay handed: a caller that retries asks only for the others.
     pub fn read(
         &mut self,
         ranges: &[Range<'_>],
-        sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+        mut sink: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
     ) -> Result<()> {
-        let fetched = self.fetch(ranges)?;
-        fetched.deliver(&mut self.inflated, sink)
-    }
-
-    /// The network half of [`read`](Self::read): send the request and
-    /// receive every row. The result can be handed to another thread, which
-    /// writes it while this session already fetches the next request.
-    pub fn fetch(&mut self, ranges: &[Range<'_>]) -> Result<Fetched> {
         let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
         let offsets: Vec<i64> = ranges.iter().map(|r| r.1 as i64).collect();
         let lens: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
         if let Some(t) = &self.options.throttle {
-            t.acquire(ranges.iter().map(|r| r.2).sum());
+            t.acquire(lens.iter().map(|&l| l as u64).sum());
         }
         debug!(
             "read {} range(s), first {}@{}+{}",
@@ -226,22 +185,47 @@ impl Reader {
             offsets[0],
             lens[0]
         );
-        let rows = self
+        let context = || format!("could not read {} from the server", paths[0]);
+        let params: [&(dyn ToSql + Sync); 3] = [&paths, &offsets, &lens];
+        let mut rows = self
             .client
-            .query(&self.statement, &[&paths, &offsets, &lens])
-            .with_context(|| format!("could not read {} from the server", paths[0]))?;
-        if rows.len() != ranges.len() {
+            .query_raw(&self.statement, params)
+            .with_context(context)?;
+        let mut received = 0;
+        while let Some(row) = rows.next().with_context(context)? {
+            received += 1;
+            let n: i64 = row.get(0);
+            let index = usize::try_from(n - 1)
+                .ok()
+                .filter(|&i| i < ranges.len())
+                .context("bad range number")?;
+            let wire = row.get::<_, Option<&[u8]>>(1);
+            let data = match wire {
+                Some(z) if self.compressed => {
+                    self.inflated.clear();
+                    flate2::read::ZlibDecoder::new(z)
+                        .read_to_end(&mut self.inflated)
+                        .context("corrupt compressed data from the server")?;
+                    Some(self.inflated.as_slice())
+                }
+                other => other,
+            };
+            let counted = |b: Option<&[u8]>| b.map_or(0, |b| b.len() as u64);
+            self.options
+                .wire_bytes
+                .fetch_add(counted(wire), Ordering::Relaxed);
+            self.options
+                .data_bytes
+                .fetch_add(counted(data), Ordering::Relaxed);
+            sink(index, data)?;
+        }
+        if received != ranges.len() {
             anyhow::bail!(
-                "asked for {} ranges, the server returned {}",
-                ranges.len(),
-                rows.len()
+                "asked for {} ranges, the server returned {received}",
+                ranges.len()
             );
         }
-        Ok(Fetched {
-            rows,
-            compressed: self.compressed,
-            options: Arc::clone(&self.options),
-        })
+        Ok(())
     }
 
     pub fn client(&mut self) -> &mut Client {

@@ -61,6 +61,7 @@ use log::debug;
 use tar::{EntryType, Header};
 
 use crate::plan::{FileEntry, Piece, Task};
+use crate::tar_compress::{self, Assembler, Segment};
 
 const BLOCK: u64 = 512;
 /// Longest name or link target a tar header holds without a GNU long entry.
@@ -211,68 +212,8 @@ impl Write for Out {
     }
 }
 
-/// Small writes (headers, padding) are collected; 8 MB chunks go straight through.
+/// Small writes (headers, padding) are collected; data goes straight through.
 const OUT_BUFFER: usize = 256 << 10;
-
-enum Encoder {
-    Plain(BufWriter<Out>),
-    Gzip(flate2::write::GzEncoder<BufWriter<Out>>),
-    Lz4(lz4_flex::frame::FrameEncoder<BufWriter<Out>>),
-    Zstd(zstd::Encoder<'static, BufWriter<Out>>),
-}
-
-impl Encoder {
-    fn new(out: Out, compression: TarCompression) -> Result<Encoder> {
-        let buffered = BufWriter::with_capacity(OUT_BUFFER, out);
-        Ok(match compression {
-            TarCompression::None => Encoder::Plain(buffered),
-            TarCompression::Gzip(level) => Encoder::Gzip(flate2::write::GzEncoder::new(
-                buffered,
-                flate2::Compression::new(level.min(9)),
-            )),
-            TarCompression::Lz4 => {
-                // What the lz4 command writes by default: 4 MB blocks and a
-                // content checksum.
-                let info = lz4_flex::frame::FrameInfo::new()
-                    .block_size(lz4_flex::frame::BlockSize::Max4MB)
-                    .content_checksum(true);
-                Encoder::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(
-                    info, buffered,
-                ))
-            }
-            TarCompression::Zstd(level) => {
-                let mut z = zstd::Encoder::new(buffered, level)
-                    .context("cannot set up zstd compression")?;
-                z.include_checksum(true)?;
-                Encoder::Zstd(z)
-            }
-        })
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.write_all(buf),
-            Encoder::Gzip(w) => w.write_all(buf),
-            Encoder::Lz4(w) => w.write_all(buf),
-            Encoder::Zstd(w) => w.write_all(buf),
-        }
-    }
-
-    /// End the compressed stream, flush, and fsync a file.
-    fn finish(self) -> Result<()> {
-        let buffered = match self {
-            Encoder::Plain(w) => w,
-            Encoder::Gzip(w) => w.finish()?,
-            Encoder::Lz4(w) => w.finish().map_err(io::Error::other)?,
-            Encoder::Zstd(w) => w.finish()?,
-        };
-        match buffered.into_inner().map_err(|e| e.into_error())? {
-            Out::File(f) => f.sync_all().context("cannot fsync the tar file")?,
-            Out::Stream(mut w) => w.flush()?,
-        }
-        Ok(())
-    }
-}
 
 /// A file whose header is written and whose data is not complete yet.
 struct OpenFile {
@@ -283,100 +224,212 @@ struct OpenFile {
 
 /// Everything that writes: owned by one thread at a time.
 struct Emitter {
-    out: Encoder,
+    out: BufWriter<Out>,
+    compression: TarCompression,
+    /// Puts compressed segments together (unused without compression).
+    assembler: Assembler,
     /// Bytes of tar stream written (before compression).
     written: u64,
     open: Option<OpenFile>,
     /// Files left out because their first piece found them gone.
     omitted: BTreeSet<usize>,
-    dir_mode: u32,
-    file_mode: u32,
 }
 
 impl Emitter {
-    fn write(&mut self, buf: &[u8]) -> Result<()> {
-        self.out
-            .write_all(buf)
-            .context("cannot write the tar output")?;
-        self.written += buf.len() as u64;
+    /// Write the tar bytes that `f` writes: straight through when the
+    /// archive is not compressed, else as one compressed segment.
+    fn run(&mut self, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+        if self.compression == TarCompression::None {
+            let mut w = Counting {
+                inner: &mut self.out,
+                count: 0,
+            };
+            let result = f(&mut w);
+            self.written += w.count;
+            return result;
+        }
+        let segment = tar_compress::compress(self.compression, |w| f(w))?;
+        self.put(&segment)
+    }
+
+    /// A segment compressed elsewhere (by a worker).
+    fn put(&mut self, segment: &Segment) -> Result<()> {
+        self.assembler.put(&mut self.out, segment)?;
+        self.written += segment.raw_len;
         Ok(())
     }
+}
 
-    fn zeros(&mut self, mut n: u64) -> Result<()> {
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64);
-            self.write(&ZEROS[..k as usize])?;
-            n -= k;
+/// Counts what goes through.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_tar(w: &mut dyn Write, buf: &[u8]) -> Result<()> {
+    w.write_all(buf).context("cannot write the tar output")
+}
+
+fn zeros(w: &mut dyn Write, mut n: u64) -> Result<()> {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        write_tar(w, &ZEROS[..k as usize])?;
+        n -= k;
+    }
+    Ok(())
+}
+
+/// Pad an entry of `size` bytes to the next 512-byte block.
+fn pad(w: &mut dyn Write, size: u64) -> Result<()> {
+    zeros(w, (BLOCK - size % BLOCK) % BLOCK)
+}
+
+/// A GNU long-name ('L') or long-link ('K') entry carrying `value`.
+fn long_entry(w: &mut dyn Write, kind: u8, value: &[u8]) -> Result<()> {
+    let mut h = Header::new_gnu();
+    let name = b"././@LongLink";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(value.len() as u64 + 1);
+    h.set_entry_type(EntryType::new(kind));
+    h.set_cksum();
+    write_tar(w, h.as_bytes())?;
+    write_tar(w, value)?;
+    write_tar(w, &[0])?;
+    pad(w, value.len() as u64 + 1)
+}
+
+/// The header block(s) of one entry; `path` is already checked.
+fn header(
+    w: &mut dyn Write,
+    path: &str,
+    kind: EntryType,
+    size: u64,
+    mode: u32,
+    mtime: i64,
+    link: Option<&str>,
+) -> Result<()> {
+    let mut h = Header::new_gnu();
+    let name = path.as_bytes();
+    if name.len() > NAME_LEN {
+        long_entry(w, b'L', name)?;
+    }
+    let n = name.len().min(NAME_LEN);
+    h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
+    if let Some(target) = link {
+        let target = target.as_bytes();
+        if target.len() > NAME_LEN {
+            long_entry(w, b'K', target)?;
         }
-        Ok(())
+        let n = target.len().min(NAME_LEN);
+        h.as_old_mut().linkname[..n].copy_from_slice(&target[..n]);
     }
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_username("postgres")?;
+    h.set_groupname("postgres")?;
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_cksum();
+    write_tar(w, h.as_bytes())
+}
 
-    /// Pad an entry of `size` bytes to the next 512-byte block.
-    fn pad(&mut self, size: u64) -> Result<()> {
-        self.zeros((BLOCK - size % BLOCK) % BLOCK)
-    }
-
-    /// A GNU long-name ('L') or long-link ('K') entry carrying `value`.
-    fn long_entry(&mut self, kind: u8, value: &[u8]) -> Result<()> {
-        let mut h = Header::new_gnu();
-        let name = b"././@LongLink";
-        h.as_old_mut().name[..name.len()].copy_from_slice(name);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(value.len() as u64 + 1);
-        h.set_entry_type(EntryType::new(kind));
-        h.set_cksum();
-        self.write(h.as_bytes())?;
-        self.write(value)?;
-        self.write(&[0])?;
-        self.pad(value.len() as u64 + 1)
-    }
-
-    /// The header block(s) of one entry; `path` is already checked.
-    fn header(
-        &mut self,
-        path: &str,
-        kind: EntryType,
-        size: u64,
-        mode: u32,
-        mtime: i64,
-        link: Option<&str>,
-    ) -> Result<()> {
-        let mut h = Header::new_gnu();
-        let name = path.as_bytes();
-        if name.len() > NAME_LEN {
-            self.long_entry(b'L', name)?;
+/// The tar bytes of consecutive pieces of a task: a file's header before
+/// its first piece, its bytes (cut, or padded with zeros, to the piece's
+/// length; zeros for a piece of a file gone after its start), the padding
+/// after its last piece. A file whose first piece found it gone is left
+/// out, with its later pieces. Pieces that continue a file started in an
+/// earlier task are written as they are: whether that file was left out
+/// is for the caller to know (see [`continued_pieces`]).
+fn write_pieces(
+    w: &mut dyn Write,
+    pieces: &[Piece],
+    data: &[Option<Vec<u8>>],
+    files: &[FileEntry],
+    file_mode: u32,
+) -> Result<()> {
+    let mut omitted = BTreeSet::new();
+    for (piece, data) in pieces.iter().zip(data) {
+        let file = &files[piece.file];
+        if omitted.contains(&piece.file) {
+            continue;
         }
-        let n = name.len().min(NAME_LEN);
-        h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
-        if let Some(target) = link {
-            let target = target.as_bytes();
-            if target.len() > NAME_LEN {
-                self.long_entry(b'K', target)?;
+        if piece.offset == 0 {
+            if data.is_none() {
+                omitted.insert(piece.file);
+                continue;
             }
-            let n = target.len().min(NAME_LEN);
-            h.as_old_mut().linkname[..n].copy_from_slice(&target[..n]);
+            header(
+                w,
+                &file.path,
+                EntryType::Regular,
+                file.size,
+                file_mode,
+                file.mtime,
+                None,
+            )?;
         }
-        h.set_entry_type(kind);
-        h.set_size(size);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_username("postgres")?;
-        h.set_groupname("postgres")?;
-        h.set_mtime(mtime.max(0) as u64);
-        h.set_cksum();
-        self.write(h.as_bytes())
+        let n = data.as_ref().map_or(0, |d| d.len().min(piece.len as usize));
+        if let Some(d) = data {
+            write_tar(w, &d[..n])?;
+        }
+        zeros(w, piece.len - n as u64)?;
+        if piece.offset + piece.len == file.size {
+            pad(w, file.size)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many of a task's first pieces continue a file whose start is in an
+/// earlier task (the pieces of one file follow each other in task order).
+fn continued_pieces(pieces: &[Piece]) -> usize {
+    match pieces.first() {
+        Some(first) if first.offset > 0 => {
+            pieces.iter().take_while(|p| p.file == first.file).count()
+        }
+        _ => 0,
     }
 }
 
 /// A completed task waiting for its turn.
 struct Done {
     pieces: Vec<Piece>,
-    data: Vec<Option<Vec<u8>>>,
+    /// Per piece: whether the server returned it (false: the file was gone).
+    present: Vec<bool>,
+    body: Body,
+    /// Bytes held in memory for it.
     bytes: u64,
+}
+
+enum Body {
+    /// Uncompressed output: the pieces' bytes, written when it is the
+    /// task's turn.
+    Raw(Vec<Option<Vec<u8>>>),
+    /// Compressed by the worker that fetched the task: the pieces that
+    /// continue a file started earlier ([`continued_pieces`]; dropped if
+    /// that file was left out) and the rest, each as a segment.
+    Compressed {
+        continued: Option<Segment>,
+        rest: Option<Segment>,
+    },
 }
 
 struct State {
@@ -402,6 +455,9 @@ struct Outcome {
 /// A tar archive being written from many threads. See the module comment.
 pub struct TarWriter {
     state: Mutex<State>,
+    compression: TarCompression,
+    dir_mode: u32,
+    file_mode: u32,
     /// Signalled whenever `head` moves or the emitter is put back.
     turn: Condvar,
     window: usize,
@@ -434,12 +490,12 @@ impl TarWriter {
 
     fn with_out(out: Out, compression: TarCompression, window: usize) -> Result<TarWriter> {
         let emitter = Emitter {
-            out: Encoder::new(out, compression)?,
+            out: BufWriter::with_capacity(OUT_BUFFER, out),
+            compression,
+            assembler: Assembler::new(compression),
             written: 0,
             open: None,
             omitted: BTreeSet::new(),
-            dir_mode: 0o700,
-            file_mode: 0o600,
         };
         Ok(TarWriter {
             state: Mutex::new(State {
@@ -450,6 +506,9 @@ impl TarWriter {
                 buffered: 0,
                 peak_buffered: 0,
             }),
+            compression,
+            dir_mode: 0o700,
+            file_mode: 0o600,
             turn: Condvar::new(),
             window: window.max(1),
             outcome: Mutex::default(),
@@ -460,11 +519,11 @@ impl TarWriter {
     /// Modes recorded for directories and files (0700/0600 unless the
     /// cluster allows group access: 0750/0640).
     pub fn with_modes(self, dir_mode: u32, file_mode: u32) -> TarWriter {
-        if let Some(e) = self.lock().emitter.as_mut() {
-            e.dir_mode = dir_mode;
-            e.file_mode = file_mode;
+        TarWriter {
+            dir_mode,
+            file_mode,
+            ..self
         }
-        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -517,8 +576,7 @@ impl TarWriter {
     pub fn add_dir(&self, path: &str, mtime: i64) -> Result<()> {
         let path = format!("{}/", checked_path(path)?);
         self.with_emitter(&path, |e| {
-            let mode = e.dir_mode;
-            e.header(&path, EntryType::Directory, 0, mode, mtime, None)
+            e.run(|w| header(w, &path, EntryType::Directory, 0, self.dir_mode, mtime, None))
         })
     }
 
@@ -530,7 +588,7 @@ impl TarWriter {
             "bad symbolic link target {target:?} for {path}"
         );
         self.with_emitter(path, |e| {
-            e.header(path, EntryType::Symlink, 0, 0o777, mtime, Some(target))
+            e.run(|w| header(w, path, EntryType::Symlink, 0, 0o777, mtime, Some(target)))
         })
     }
 
@@ -539,17 +597,12 @@ impl TarWriter {
     pub fn add_file(&self, path: &str, data: &[u8], mtime: i64) -> Result<()> {
         let path = checked_path(path)?;
         self.with_emitter(path, |e| {
-            let mode = e.file_mode;
-            e.header(
-                path,
-                EntryType::Regular,
-                data.len() as u64,
-                mode,
-                mtime,
-                None,
-            )?;
-            e.write(data)?;
-            e.pad(data.len() as u64)
+            e.run(|w| {
+                let size = data.len() as u64;
+                header(w, path, EntryType::Regular, size, self.file_mode, mtime, None)?;
+                write_tar(w, data)?;
+                pad(w, size)
+            })
         })
     }
 
@@ -565,24 +618,25 @@ impl TarWriter {
     ) -> Result<()> {
         let path = checked_path(path)?;
         self.with_emitter(path, |e| {
-            let mode = e.file_mode;
-            e.header(path, EntryType::Regular, size, mode, mtime, None)?;
-            let mut buf = vec![0u8; (1 << 20).min(size.max(1) as usize)];
-            let mut left = size;
-            while left > 0 {
-                let want = left.min(buf.len() as u64) as usize;
-                let n = src
-                    .read(&mut buf[..want])
-                    .with_context(|| format!("cannot read {path} for the tar output"))?;
-                ensure!(
-                    n > 0,
-                    "{path} ended after {} of its {size} bytes",
-                    size - left
-                );
-                e.write(&buf[..n])?;
-                left -= n as u64;
-            }
-            e.pad(size)
+            e.run(|w| {
+                header(w, path, EntryType::Regular, size, self.file_mode, mtime, None)?;
+                let mut buf = vec![0u8; (1 << 20).min(size.max(1) as usize)];
+                let mut left = size;
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = src
+                        .read(&mut buf[..want])
+                        .with_context(|| format!("cannot read {path} for the tar output"))?;
+                    ensure!(
+                        n > 0,
+                        "{path} ended after {} of its {size} bytes",
+                        size - left
+                    );
+                    write_tar(w, &buf[..n])?;
+                    left -= n as u64;
+                }
+                pad(w, size)
+            })
         })
     }
 
@@ -608,11 +662,13 @@ impl TarWriter {
     }
 
     /// Hand in task `index` of the plan with the bytes of its pieces, in
-    /// piece order (`None`: the file was gone). Any thread, any order; the
-    /// task is written when every task before it has been, by this thread
-    /// if it is the one that unblocks the head. `files` is the plan's file
-    /// list, the same in every call. An error means the archive is broken:
-    /// every later call fails too.
+    /// piece order (`None`: the file was gone). Any thread, any order; a
+    /// compressed archive's bytes are compressed here, by the calling
+    /// thread, before the task joins the queue. The task is written when
+    /// every task before it has been, by this thread if it is the one that
+    /// unblocks the head. `files` is the plan's file list, the same in every
+    /// call. An error means the archive is broken: every later call fails
+    /// too.
     pub fn complete_task(
         &self,
         index: usize,
@@ -626,7 +682,45 @@ impl TarWriter {
             task.pieces.len(),
             data.len()
         );
-        let bytes: u64 = data.iter().flatten().map(|d| d.len() as u64).sum();
+        if let Some(p) = task.pieces.iter().find(|p| p.file >= files.len()) {
+            self.fail(format!("task {index} names file #{}, not in the plan", p.file));
+            bail!("task {index} names file #{}, not in the plan", p.file);
+        }
+        let present = data.iter().map(Option::is_some).collect();
+        let (body, bytes) = match self.compression {
+            TarCompression::None => {
+                let bytes = data.iter().flatten().map(|d| d.len() as u64).sum();
+                (Body::Raw(data), bytes)
+            }
+            compression => {
+                let split = continued_pieces(&task.pieces);
+                let segment = |range: std::ops::Range<usize>| {
+                    (!range.is_empty())
+                        .then(|| {
+                            tar_compress::compress(compression, |w| {
+                                write_pieces(
+                                    w,
+                                    &task.pieces[range.clone()],
+                                    &data[range.clone()],
+                                    files,
+                                    self.file_mode,
+                                )
+                            })
+                        })
+                        .transpose()
+                };
+                let compressed = segment(0..split).and_then(|continued| {
+                    Ok((continued, segment(split..task.pieces.len())?))
+                });
+                let (continued, rest) = compressed.inspect_err(|e| self.fail(format!("{e:#}")))?;
+                let bytes = [&continued, &rest]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.bytes.len() as u64)
+                    .sum();
+                (Body::Compressed { continued, rest }, bytes)
+            }
+        };
         let mut st = self.lock();
         self.check(&st)?;
         ensure!(
@@ -640,7 +734,8 @@ impl TarWriter {
             index,
             Done {
                 pieces: task.pieces.clone(),
-                data,
+                present,
+                body,
                 bytes,
             },
         );
@@ -678,6 +773,16 @@ impl TarWriter {
         result
     }
 
+    /// Mark the archive broken: every waiter and later call sees it.
+    fn fail(&self, why: String) {
+        let mut st = self.lock();
+        st.failed.get_or_insert(why);
+        self.turn.notify_all();
+    }
+
+    /// Write task `index`, whose turn it is: check that its pieces continue
+    /// the archive where it stands, note the files found gone, and write
+    /// its bytes.
     fn emit_task(
         &self,
         e: &mut Emitter,
@@ -685,11 +790,12 @@ impl TarWriter {
         done: &Done,
         files: &[FileEntry],
     ) -> Result<()> {
-        for (piece, data) in done.pieces.iter().zip(&done.data) {
-            let file = files.get(piece.file).with_context(|| {
-                format!("task {index} names file #{}, not in the plan", piece.file)
-            })?;
+        let split = continued_pieces(&done.pieces);
+        let mut continued_omitted = false;
+        for (n, (piece, &present)) in done.pieces.iter().zip(&done.present).enumerate() {
+            let file = &files[piece.file];
             if e.omitted.contains(&piece.file) {
+                continued_omitted |= n < split;
                 continue;
             }
             let next = match &e.open {
@@ -710,7 +816,7 @@ impl TarWriter {
                         file.path,
                         piece.offset
                     );
-                    if data.is_none() {
+                    if !present {
                         debug!(
                             "{} vanished before any of it was read: left out of the tar",
                             file.path
@@ -719,15 +825,6 @@ impl TarWriter {
                         self.outcome_lock().vanished.push(piece.file);
                         continue;
                     }
-                    let mode = e.file_mode;
-                    e.header(
-                        &file.path,
-                        EntryType::Regular,
-                        file.size,
-                        mode,
-                        file.mtime,
-                        None,
-                    )?;
                     0
                 }
             };
@@ -739,35 +836,41 @@ impl TarWriter {
                 file.path,
                 file.size
             );
-            match data {
-                Some(d) => {
-                    let n = d.len().min(piece.len as usize);
-                    e.write(&d[..n])?;
-                    e.zeros(piece.len - n as u64)?;
-                }
-                None => {
-                    debug!(
-                        "{} vanished after its start was written: bytes {}..{} are zeros in the tar",
-                        file.path,
-                        piece.offset,
-                        piece.offset + piece.len
-                    );
-                    e.zeros(piece.len)?;
-                    self.outcome_lock().zero_filled.insert(piece.file);
-                }
+            if !present {
+                debug!(
+                    "{} vanished after its start was written: bytes {}..{} are zeros in the tar",
+                    file.path,
+                    piece.offset,
+                    piece.offset + piece.len
+                );
+                self.outcome_lock().zero_filled.insert(piece.file);
             }
             let next = next + piece.len;
-            if next == file.size {
-                e.pad(file.size)?;
-                e.open = None;
-            } else {
-                e.open = Some(OpenFile {
-                    file: piece.file,
-                    next,
-                });
+            e.open = (next < file.size).then_some(OpenFile {
+                file: piece.file,
+                next,
+            });
+        }
+        // A file left out stays out: skip the pieces that continue it.
+        let first = if continued_omitted { split } else { 0 };
+        match &done.body {
+            Body::Raw(data) => e.run(|w| {
+                write_pieces(
+                    w,
+                    &done.pieces[first..],
+                    &data[first..],
+                    files,
+                    self.file_mode,
+                )
+            }),
+            Body::Compressed { continued, rest } => {
+                let continued = continued.as_ref().filter(|_| !continued_omitted);
+                for segment in [continued, rest.as_ref()].into_iter().flatten() {
+                    e.put(segment)?;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     fn outcome_lock(&self) -> MutexGuard<'_, Outcome> {
@@ -823,13 +926,17 @@ impl TarWriter {
                 open.next
             );
         }
-        e.zeros(2 * BLOCK)?;
+        e.run(|w| zeros(w, 2 * BLOCK))?;
         debug!(
             "tar output: {} bytes, reorder buffer peak {} bytes",
             e.written, st.peak_buffered
         );
         let written = e.written;
-        e.out.finish()?;
+        e.assembler.finish(&mut e.out)?;
+        match e.out.into_inner().map_err(|e| e.into_error())? {
+            Out::File(f) => f.sync_all().context("cannot fsync the tar file")?,
+            Out::Stream(mut w) => w.flush()?,
+        }
         Ok(written)
     }
 }
@@ -1283,11 +1390,7 @@ mod tests {
                         .read_to_end(&mut unpacked)
                         .unwrap();
                 }
-                TarCompression::Lz4 => {
-                    lz4_flex::frame::FrameDecoder::new(&packed[..])
-                        .read_to_end(&mut unpacked)
-                        .unwrap();
-                }
+                TarCompression::Lz4 => unpacked = tar_compress::lz4_decode_all(&packed),
                 TarCompression::Zstd(_) => unpacked = zstd::decode_all(&packed[..]).unwrap(),
                 TarCompression::None => unreachable!(),
             }
@@ -1551,10 +1654,7 @@ mod tests {
         });
         base.finish().unwrap();
         ts.finish().unwrap();
-        let mut unpacked = Vec::new();
-        lz4_flex::frame::FrameDecoder::new(&ts_out.bytes()[..])
-            .read_to_end(&mut unpacked)
-            .unwrap();
+        let unpacked = tar_compress::lz4_decode_all(&ts_out.bytes());
         for (bytes, mine) in [(base_out.bytes(), false), (unpacked, true)] {
             let names = if mine { &ts_files } else { &fx.files };
             let want: BTreeSet<&str> = (0..fx.files.len())

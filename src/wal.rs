@@ -29,6 +29,7 @@ use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
 use crate::manifest::WalRange;
+use crate::plan;
 use crate::progress::Progress;
 use crate::reader::Reader;
 use crate::server::{self, Lsn, ServerInfo};
@@ -210,20 +211,26 @@ impl<'a> WalFollower<'a> {
     ) -> Result<u64> {
         let src = format!("pg_wal/{name}");
         let mut done = 0;
-        loop {
+        while done < len {
             let n = self.chunk_size.min(len - done);
-            let mut got = 0;
-            self.reader
-                .read(&[(src.as_str(), offset + done, n)], |_, data| {
-                    if let Some(bytes) = data {
-                        dest.write_at(&src, offset + done, bytes, file_len)?;
-                        got = bytes.len() as u64;
-                    }
-                    Ok(())
-                })?;
-            done += got;
-            self.progress.add_wal(got);
-            if got < n || done >= len {
+            let ranges: Vec<_> = plan::rows(offset + done, n)
+                .map(|(o, l)| (src.as_str(), o, l))
+                .collect();
+            let mut got = vec![0; ranges.len()];
+            self.reader.read(&ranges, |i, data| {
+                if let Some(bytes) = data.filter(|b| !b.is_empty()) {
+                    dest.write_at(&src, ranges[i].1, bytes, file_len)?;
+                    got[i] = bytes.len() as u64;
+                }
+                Ok(())
+            })?;
+            // What counts is the part read in full from the start: past a
+            // short row the segment ended (it is renamed or recycled).
+            let full = ranges.iter().zip(&got).take_while(|(r, g)| r.2 == **g).count();
+            let read: u64 = got.iter().take(full + 1).sum();
+            done += read;
+            self.progress.add_wal(read);
+            if read < n {
                 break;
             }
         }

@@ -11,8 +11,8 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Result;
 use log::debug;
@@ -197,7 +197,15 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         if task.pieces.is_empty() {
             continue;
         }
-        copy_task(reader, shared, reconnect, i, &task, &mut scratch, &mut suspects)?;
+        copy_task(
+            reader,
+            shared,
+            reconnect,
+            i,
+            &task,
+            &mut scratch,
+            &mut suspects,
+        )?;
     }
     recheck(reader, shared, suspects)
 }

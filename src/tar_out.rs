@@ -576,7 +576,17 @@ impl TarWriter {
     pub fn add_dir(&self, path: &str, mtime: i64) -> Result<()> {
         let path = format!("{}/", checked_path(path)?);
         self.with_emitter(&path, |e| {
-            e.run(|w| header(w, &path, EntryType::Directory, 0, self.dir_mode, mtime, None))
+            e.run(|w| {
+                header(
+                    w,
+                    &path,
+                    EntryType::Directory,
+                    0,
+                    self.dir_mode,
+                    mtime,
+                    None,
+                )
+            })
         })
     }
 
@@ -599,7 +609,15 @@ impl TarWriter {
         self.with_emitter(path, |e| {
             e.run(|w| {
                 let size = data.len() as u64;
-                header(w, path, EntryType::Regular, size, self.file_mode, mtime, None)?;
+                header(
+                    w,
+                    path,
+                    EntryType::Regular,
+                    size,
+                    self.file_mode,
+                    mtime,
+                    None,
+                )?;
                 write_tar(w, data)?;
                 pad(w, size)
             })
@@ -619,7 +637,15 @@ impl TarWriter {
         let path = checked_path(path)?;
         self.with_emitter(path, |e| {
             e.run(|w| {
-                header(w, path, EntryType::Regular, size, self.file_mode, mtime, None)?;
+                header(
+                    w,
+                    path,
+                    EntryType::Regular,
+                    size,
+                    self.file_mode,
+                    mtime,
+                    None,
+                )?;
                 let mut buf = vec![0u8; (1 << 20).min(size.max(1) as usize)];
                 let mut left = size;
                 while left > 0 {
@@ -683,7 +709,10 @@ impl TarWriter {
             data.len()
         );
         if let Some(p) = task.pieces.iter().find(|p| p.file >= files.len()) {
-            self.fail(format!("task {index} names file #{}, not in the plan", p.file));
+            self.fail(format!(
+                "task {index} names file #{}, not in the plan",
+                p.file
+            ));
             bail!("task {index} names file #{}, not in the plan", p.file);
         }
         let present = data.iter().map(Option::is_some).collect();
@@ -709,9 +738,8 @@ impl TarWriter {
                         })
                         .transpose()
                 };
-                let compressed = segment(0..split).and_then(|continued| {
-                    Ok((continued, segment(split..task.pieces.len())?))
-                });
+                let compressed = segment(0..split)
+                    .and_then(|continued| Ok((continued, segment(split..task.pieces.len())?)));
                 let (continued, rest) = compressed.inspect_err(|e| self.fail(format!("{e:#}")))?;
                 let bytes = [&continued, &rest]
                     .into_iter()

@@ -226,7 +226,11 @@ impl<'a> WalFollower<'a> {
             })?;
             // What counts is the part read in full from the start: past a
             // short row the segment ended (it is renamed or recycled).
-            let full = ranges.iter().zip(&got).take_while(|(r, g)| r.2 == **g).count();
+            let full = ranges
+                .iter()
+                .zip(&got)
+                .take_while(|(r, g)| r.2 == **g)
+                .count();
             let read: u64 = got.iter().take(full + 1).sum();
             done += read;
             self.progress.add_wal(read);

@@ -252,15 +252,73 @@ fn a_standby_promoted_during_the_backup_fails_it_within_seconds() {
     standby.assert_no_leftovers();
 }
 
-#[test]
-fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
-    // primary -> upstream -> standby; the upstream is promoted mid-backup
-    // and the standby we copy follows it onto timeline 2.
-    let scratch = scratch_dir();
+/// primary -> upstream -> standby, PostgreSQL 15, pgbench data.
+fn cascade(scratch: &Path) -> (Cluster, Cluster, Cluster) {
     let primary = Cluster::start(15);
     primary.pgbench_init(3);
-    let upstream = standby_of(&primary, scratch.path(), "upstream");
-    let standby = standby_of(&upstream, scratch.path(), "standby");
+    let upstream = standby_of(&primary, scratch, "upstream");
+    let standby = standby_of(&upstream, scratch, "standby");
+    (primary, upstream, standby)
+}
+
+/// Promote `upstream` (its standby follows it onto timeline 2), write on
+/// it, and wait until `standby` has replayed that; returns the writes.
+fn switch_timeline(upstream: &Cluster, standby: &Cluster) -> common::PgbenchLoad {
+    upstream.psql("SELECT pg_promote()");
+    let load = upstream.pgbench_load(2);
+    upstream.psql("CREATE TABLE after_switch AS SELECT 1 AS i; CHECKPOINT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.try_psql("SELECT count(*) FROM after_switch") != Ok("1".into()) {
+        assert!(Instant::now() < deadline, "the standby did not follow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A restartpoint on the new timeline moves the standby's minimum
+    // recovery point, where a backup of it stops, past the switch.
+    standby.psql("CHECKPOINT");
+    load
+}
+
+/// The WAL files in a copy's pg_wal.
+fn wal_files(dest: &Path) -> Vec<String> {
+    std::fs::read_dir(dest.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_standby_that_switched_timelines_before_the_backup_is_copied() {
+    let scratch = scratch_dir();
+    let (primary, upstream, standby) = cascade(scratch.path());
+    drop(primary);
+    let load = switch_timeline(&upstream, &standby);
+    let dest = scratch.path().join("copy");
+    let out = run(&[
+        "-j",
+        "4",
+        "-x",
+        "-c",
+        "fast",
+        &standby.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    load.stop();
+    assert_ok(&out);
+    let wal = wal_files(&dest);
+    assert!(wal.contains(&"00000002.history".to_string()), "{wal:?}");
+    common::assert_verifies(15, &dest);
+    standby.assert_no_leftovers();
+    let copy = start_detached_copy(&dest, 15);
+    assert_eq!(copy.psql("SELECT count(*) FROM after_switch"), "1");
+    copy.assert_pgbench_consistent();
+}
+
+#[test]
+fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
+    // The upstream is promoted mid-backup and the standby we copy follows
+    // it onto timeline 2.
+    let scratch = scratch_dir();
+    let (primary, upstream, standby) = cascade(scratch.path());
     let dest = scratch.path().join("copy");
     let dsn = standby.dsn();
     let (mut child, rx) = spawn_verbose(&[
@@ -277,18 +335,8 @@ fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
         dest.to_str().unwrap(),
     ]);
     let seen = wait_for_line(&rx, "read requests");
-    upstream.psql("SELECT pg_promote()");
     drop(primary);
-    let load = upstream.pgbench_load(2);
-    upstream.psql("CREATE TABLE after_switch AS SELECT 1 AS i; CHECKPOINT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while standby.try_psql("SELECT count(*) FROM after_switch") != Ok("1".into()) {
-        assert!(Instant::now() < deadline, "the standby did not follow");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // A restartpoint on the new timeline moves the standby's minimum
-    // recovery point, where the backup stops, past the switch.
-    standby.psql("CHECKPOINT");
+    let load = switch_timeline(&upstream, &standby);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the backup ended before the switch; slow it down"
@@ -297,10 +345,7 @@ fn a_timeline_switch_during_a_standby_backup_is_in_the_copy() {
     load.stop();
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("over 2 timelines"), "{stderr}");
-    let wal: Vec<String> = std::fs::read_dir(dest.join("pg_wal"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let wal = wal_files(&dest);
     assert!(wal.contains(&"00000002.history".to_string()), "{wal:?}");
     for tli in ["00000001", "00000002"] {
         assert!(

@@ -25,6 +25,7 @@ use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
+use crate::odd_names;
 use crate::output::{AUTO_CONF, Output, TarOutput};
 use crate::pg_control;
 use crate::plan;
@@ -185,7 +186,7 @@ struct Finished {
 }
 
 /// The manifest checksum of bytes we hold in memory (backup_label, ...).
-fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
+pub(crate) fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
     let sum = FileChecksum::new(alg, bytes.len() as u64);
     sum.update(0, bytes)?;
     sum.finish()
@@ -514,6 +515,13 @@ fn backup_into(
         Ok((copied, readers_back, follower))
     })?;
     readers = readers_back;
+    let odd_files = odd_names::copy(
+        readers[0].client(),
+        &plan.odd,
+        out,
+        settings.chunk_size,
+        manifest_alg,
+    )?;
 
     // global/pg_control: read after every other file, written after the label.
     let pg_control = match plan.pg_control {
@@ -599,6 +607,9 @@ fn backup_into(
                     integrity.file_checksum(i)?,
                 );
             }
+        }
+        for f in odd_files {
+            manifest.add_file(&f.path, f.size, f.mtime, f.checksum);
         }
         let mut in_memory = vec![("backup_label", stop.label_file.as_bytes(), now)];
         if !tablespace_map.is_empty() {

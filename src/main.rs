@@ -12,6 +12,7 @@ mod dest;
 mod error;
 mod integrity;
 mod manifest;
+mod odd_names;
 mod output;
 mod pagecheck;
 mod paths;

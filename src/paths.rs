@@ -7,29 +7,41 @@
 /// Validate a data-directory relative path and return it in canonical form
 /// (`a/b/c`: no `.` components, no repeated or trailing slashes).
 pub fn normalize_relative(path: &str) -> Result<String, String> {
+    normalize_relative_bytes(path.as_bytes())
+        .map(|p| String::from_utf8(p).expect("whole components of a str"))
+}
+
+/// [`normalize_relative`] for a name as the server spelled it: bytes, which
+/// need not be valid UTF-8. The rules are the same, byte for byte.
+pub fn normalize_relative_bytes(path: &[u8]) -> Result<Vec<u8>, String> {
+    let shown = || String::from_utf8_lossy(path);
     if path.is_empty() {
         return Err("empty path".into());
     }
-    if path.contains('\0') {
-        return Err(format!("path {path:?} contains a NUL byte"));
+    if path.contains(&0) {
+        return Err(format!("path {:?} contains a NUL byte", shown()));
     }
-    if path.starts_with('/') {
+    if path.starts_with(b"/") {
         return Err(format!(
-            "path {path:?} is absolute; only paths relative to the data directory are allowed"
+            "path {:?} is absolute; only paths relative to the data directory are allowed",
+            shown()
         ));
     }
     let mut parts = Vec::new();
-    for part in path.split('/') {
+    for part in path.split(|&b| b == b'/') {
         match part {
-            "" | "." => continue,
-            ".." => return Err(format!("path {path:?} contains \"..\"")),
+            b"" | b"." => continue,
+            b".." => return Err(format!("path {:?} contains \"..\"", shown())),
             p => parts.push(p),
         }
     }
     if parts.is_empty() {
-        return Err(format!("path {path:?} names the data directory itself"));
+        return Err(format!(
+            "path {:?} names the data directory itself",
+            shown()
+        ));
     }
-    Ok(parts.join("/"))
+    Ok(parts.join(&b'/'))
 }
 
 #[cfg(test)]
@@ -59,6 +71,46 @@ mod tests {
                 proptest::prop_assert!(p.components().all(|c| matches!(c, std::path::Component::Normal(_))));
                 proptest::prop_assert!(std::path::Path::new("/dest").join(p).starts_with("/dest"));
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Bytes that are not UTF-8 are held to the same rules.
+        #[test]
+        fn accepted_byte_paths_never_escape(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b"..".to_vec()),
+                proptest::strategy::Just(b".".to_vec()),
+                proptest::strategy::Just(b"/".to_vec()),
+                proptest::strategy::Just(vec![0u8]),
+                proptest::collection::vec(0x80u8..=0xff, 1..3),
+                proptest::collection::vec(b'a'..=b'c', 1..3),
+            ],
+            0..8,
+        )) {
+            use std::os::unix::ffi::OsStrExt;
+            let raw: Vec<u8> = parts.concat();
+            if let Ok(path) = normalize_relative_bytes(&raw) {
+                let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
+                proptest::prop_assert!(p.is_relative());
+                proptest::prop_assert!(!path.contains(&0));
+                proptest::prop_assert!(p.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+                proptest::prop_assert!(std::path::Path::new("/dest").join(p).starts_with("/dest"));
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_follow_the_same_rules() {
+        assert_eq!(
+            normalize_relative_bytes(b"./dir\xe9//FOO\xe0\xe0\xe0BAR/").unwrap(),
+            b"dir\xe9/FOO\xe0\xe0\xe0BAR"
+        );
+        for bad in [&b"/x\xe0"[..], b"\xe0/../../x", b"a\0\xe0", b"./"] {
+            assert!(
+                normalize_relative_bytes(bad).is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 

@@ -370,6 +370,39 @@ pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>
     Ok(rows.iter().map(listed_entry).collect())
 }
 
+/// Read `len` bytes at `offset` of a file whose path need not be valid
+/// UTF-8, or None when it is gone. Such a path cannot be sent: the server
+/// validates every text it is sent, but not the names pg_ls_dir returns, so
+/// each component is found server-side among those of its directory by
+/// its bytes (`textsend`).
+pub fn read_by_raw_path(
+    client: &mut Client,
+    path: &[u8],
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>> {
+    let sql = "WITH RECURSIVE name(part) AS (SELECT $1::bytea[]), \
+               walk(depth, path) AS ( \
+                 SELECT 1, f FROM name, pg_ls_dir('.', true, false) AS f \
+                  WHERE textsend(f) = part[1] \
+               UNION ALL \
+                 SELECT w.depth + 1, w.path || '/' || f \
+                   FROM name, walk w, pg_ls_dir(w.path, true, false) AS f \
+                  WHERE w.depth < cardinality(part) AND textsend(f) = part[w.depth + 1] \
+               ) \
+               SELECT pg_read_binary_file(path, $2::int8, $3::int8, true) FROM name, walk \
+                WHERE depth = cardinality(part)";
+    let components: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    debug!(
+        "SQL: {sql} [{:?} @{offset}+{len}]",
+        String::from_utf8_lossy(path)
+    );
+    let rows = client
+        .query(sql, &[&components, &(offset as i64), &(len as i64)])
+        .with_context(|| format!("could not read {:?}", String::from_utf8_lossy(path)))?;
+    Ok(rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
+}
+
 /// A user tablespace: `pg_tblspc/<oid>` and where it lives on the server.
 #[derive(Debug, Clone)]
 pub struct Tablespace {

@@ -367,6 +367,27 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
     );
     common::assert_verifies(15, &dest);
 
+    // --delta refreshes that copy: its pruning keeps none of the old bytes
+    // of these names, and they are written anew.
+    std::fs::write(dest.join(&planted[0].0), b"stale").unwrap();
+    let out = run(&[
+        "--delta",
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, contents) in &planted {
+        assert_eq!(&std::fs::read(dest.join(rel)).unwrap(), contents, "{rel:?}");
+    }
+    common::assert_verifies(15, &dest);
+
     // The same as tar archives: the names are in the headers as bytes.
     let tars = scratch.path().join("tars");
     let out = run(&[

@@ -7,6 +7,8 @@
 //! tablespace_map come from the stop call; global/pg_control is written
 //! last, so a copy that was cut short can never start.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -764,11 +766,23 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         progress: &progress,
         delta: None,
     };
-    let (copied, _) = copy::copy_files(
+    let (copied, mut readers) = copy::copy_files(
         readers,
         &job,
         &|| open_reader(spec, settings, WORKER_NAME),
         abort,
+    )?;
+    dest.create_dirs(
+        plan.odd
+            .iter()
+            .filter_map(|o| Path::new(OsStr::from_bytes(&o.path)).parent()),
+    )?;
+    let odd = odd_names::copy(
+        readers[0].client(),
+        &plan.odd,
+        &dest,
+        settings.chunk_size,
+        None,
     )?;
     progress.finish();
     for &i in &copied.vanished {
@@ -779,7 +793,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     }
     info!(
         "copied {} files, {} MB",
-        plan.files.len() - copied.vanished.len(),
+        plan.files.len() - copied.vanished.len() + odd.len(),
         copied.bytes >> 20
     );
     Ok(())

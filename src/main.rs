@@ -28,7 +28,7 @@ mod throttle;
 mod timeline;
 mod wal;
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 
 use clap::Parser;
 
@@ -43,7 +43,7 @@ fn main() {
     let args = cli::Args::parse();
     init_logging(args.verbose, args.debug);
     let result = args
-        .into_settings(|| std::io::stdin().lines().collect())
+        .into_settings(|| std::io::stdin().lock().split(b'\n').collect())
         .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
         log::error!("{err:#}");

@@ -5,15 +5,9 @@
 //! component once `.` is dropped; only then is it joined to DEST.
 
 /// Validate a data-directory relative path and return it in canonical form
-/// (`a/b/c`: no `.` components, no repeated or trailing slashes).
-pub fn normalize_relative(path: &str) -> Result<String, String> {
-    normalize_relative_bytes(path.as_bytes())
-        .map(|p| String::from_utf8(p).expect("whole components of a str"))
-}
-
-/// [`normalize_relative`] for a name as the server spelled it: bytes, which
-/// need not be valid UTF-8. The rules are the same, byte for byte.
-pub fn normalize_relative_bytes(path: &[u8]) -> Result<Vec<u8>, String> {
+/// (`a/b/c`: no `.` components, no repeated or trailing slashes). Paths are
+/// bytes, as the server spells them: a file name need not be valid UTF-8.
+pub fn normalize_relative(path: &[u8]) -> Result<Vec<u8>, String> {
     let shown = || String::from_utf8_lossy(path);
     if path.is_empty() {
         return Err("empty path".into());
@@ -50,13 +44,13 @@ mod tests {
 
     #[test]
     fn accepts_and_canonicalizes_relative_paths() {
-        assert_eq!(normalize_relative("base/1/1259").unwrap(), "base/1/1259");
+        assert_eq!(normalize_relative(b"base/1/1259").unwrap(), b"base/1/1259");
         assert_eq!(
-            normalize_relative("./base//1/./1259/").unwrap(),
-            "base/1/1259"
+            normalize_relative(b"./base//1/./1259/").unwrap(),
+            b"base/1/1259"
         );
-        assert_eq!(normalize_relative("PG_VERSION").unwrap(), "PG_VERSION");
-        assert_eq!(normalize_relative("dir/..file").unwrap(), "dir/..file");
+        assert_eq!(normalize_relative(b"PG_VERSION").unwrap(), b"PG_VERSION");
+        assert_eq!(normalize_relative(b"dir/..file").unwrap(), b"dir/..file");
     }
 
     proptest::proptest! {
@@ -64,7 +58,8 @@ mod tests {
         #[test]
         fn accepted_paths_never_escape(parts in proptest::collection::vec("(\\.\\.|\\.|[a-z]{1,3}|/|\\x00)", 0..8)) {
             let raw: String = parts.concat();
-            if let Ok(path) = normalize_relative(&raw) {
+            if let Ok(path) = normalize_relative(raw.as_bytes()) {
+                let path = String::from_utf8(path).unwrap();
                 let p = std::path::Path::new(&path);
                 proptest::prop_assert!(p.is_relative());
                 proptest::prop_assert!(!path.contains('\0'));
@@ -90,7 +85,7 @@ mod tests {
         )) {
             use std::os::unix::ffi::OsStrExt;
             let raw: Vec<u8> = parts.concat();
-            if let Ok(path) = normalize_relative_bytes(&raw) {
+            if let Ok(path) = normalize_relative(&raw) {
                 let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&path));
                 proptest::prop_assert!(p.is_relative());
                 proptest::prop_assert!(!path.contains(&0));
@@ -103,14 +98,11 @@ mod tests {
     #[test]
     fn bytes_follow_the_same_rules() {
         assert_eq!(
-            normalize_relative_bytes(b"./dir\xe9//FOO\xe0\xe0\xe0BAR/").unwrap(),
+            normalize_relative(b"./dir\xe9//FOO\xe0\xe0\xe0BAR/").unwrap(),
             b"dir\xe9/FOO\xe0\xe0\xe0BAR"
         );
         for bad in [&b"/x\xe0"[..], b"\xe0/../../x", b"a\0\xe0", b"./"] {
-            assert!(
-                normalize_relative_bytes(bad).is_err(),
-                "{bad:?} was accepted"
-            );
+            assert!(normalize_relative(bad).is_err(), "{bad:?} was accepted");
         }
     }
 
@@ -127,7 +119,10 @@ mod tests {
             "a\0b",
             "//x",
         ] {
-            assert!(normalize_relative(bad).is_err(), "{bad:?} was accepted");
+            assert!(
+                normalize_relative(bad.as_bytes()).is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 }

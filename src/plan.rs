@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::paths::normalize_relative_bytes;
+use crate::paths::normalize_relative;
 use crate::server::{ListedEntry, Tablespace};
 
 /// Directories whose contents are skipped at any depth; the directory itself
@@ -270,7 +270,7 @@ pub fn build(
     listing: &[ListedEntry],
     tablespaces: &[Tablespace],
     tablespace_version_dir: &str,
-    only_paths: Option<&[String]>,
+    only_paths: Option<&[Vec<u8>]>,
     chunk_size: u64,
 ) -> Result<Plan, String> {
     // Only linked tablespaces are special; in-place ones (a plain directory
@@ -284,7 +284,7 @@ pub fn build(
     // (path the rules judge, raw path when it is not UTF-8, entry)
     let mut entries = Vec::with_capacity(listing.len());
     for e in listing {
-        let raw = normalize_relative_bytes(&e.path)
+        let raw = normalize_relative(&e.path)
             .map_err(|err| format!("the server listed an unsafe path: {err}"))?;
         let (path, odd) = match String::from_utf8(raw) {
             Ok(path) => (path, None),
@@ -307,7 +307,7 @@ pub fn build(
         })
         .collect();
 
-    let wanted: Option<HashSet<&str>> = only_paths.map(|p| p.iter().map(String::as_str).collect());
+    let wanted: Option<HashSet<&[u8]>> = only_paths.map(|p| p.iter().map(Vec::as_slice).collect());
     let mut plan = Plan::default();
     for (path, odd, e) in &entries {
         let name = file_name(path);
@@ -323,8 +323,10 @@ pub fn build(
             continue;
         }
         if let Some(raw) = odd {
-            // --stdin names are text: they cannot name these.
-            if wanted.is_none() {
+            if wanted
+                .as_ref()
+                .is_none_or(|w| !e.is_dir && w.contains(raw.as_slice()))
+            {
                 plan.odd.push(OddEntry {
                     path: raw.clone(),
                     is_dir: e.is_dir,
@@ -347,7 +349,7 @@ pub fn build(
             }
         }
         if let Some(w) = &wanted {
-            if !w.contains(path.as_str()) {
+            if !w.contains(path.as_bytes()) {
                 continue;
             }
         }
@@ -358,10 +360,21 @@ pub fn build(
         });
     }
     if let Some(w) = &wanted {
-        let found: HashSet<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
+        let found: HashSet<&[u8]> = plan
+            .files
+            .iter()
+            .map(|f| f.path.as_bytes())
+            .chain(
+                plan.odd
+                    .iter()
+                    .filter(|o| !o.is_dir)
+                    .map(|o| o.path.as_slice()),
+            )
+            .collect();
         if let Some(missing) = w.iter().find(|p| !found.contains(*p)) {
             return Err(format!(
-                "--stdin names {missing:?}, which is not a file the backup copies"
+                "--stdin names {:?}, which is not a file the backup copies",
+                String::from_utf8_lossy(missing)
             ));
         }
     }
@@ -615,7 +628,7 @@ mod tests {
         );
         let err = build(&[raw(b"\xe9/../../x", false)], &[], "x", None, 100).unwrap_err();
         assert!(err.contains("unsafe path"), "{err}");
-        let only = vec!["base/1/1259".to_string()];
+        let only = vec![b"base/1/1259".to_vec()];
         assert!(
             build(&listing, &[], "x", Some(&only), 100)
                 .unwrap()
@@ -627,12 +640,12 @@ mod tests {
     #[test]
     fn stdin_selects_files_and_refuses_unknown_ones() {
         let listing = vec![file("a", 1), file("b", 2), file("postmaster.pid", 3)];
-        let only = vec!["b".to_string()];
+        let only = vec![b"b".to_vec()];
         assert_eq!(
             copied(&build(&listing, &[], "x", Some(&only), 100).unwrap()),
             ["b"]
         );
-        let only = vec!["postmaster.pid".to_string()];
+        let only = vec![b"postmaster.pid".to_vec()];
         assert!(build(&listing, &[], "x", Some(&only), 100).is_err());
     }
 

@@ -5,9 +5,10 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::{Cluster, ClusterOptions, chown_postgres, run, scratch_dir, tool};
 
@@ -433,6 +434,30 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
     )
     .unwrap();
     common::assert_verifies(15, &restored);
+
+    // -S --stdin names them as bytes.
+    let some = scratch.path().join("some");
+    let mut child = tool()
+        .args(["-S", "--stdin", &src.dsn(), some.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for (rel, _) in &planted {
+        names.extend_from_slice(rel.as_os_str().as_bytes());
+        names.push(b'\n');
+    }
+    child.stdin.take().unwrap().write_all(&names).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, contents) in &planted {
+        assert_eq!(&std::fs::read(some.join(rel)).unwrap(), contents, "{rel:?}");
+    }
 
     drop(src);
     let copy = Cluster::start_on_copy(&dest, 15);

@@ -572,9 +572,8 @@ impl TarWriter {
 
     /// A directory entry (tar header only); write directories before the
     /// files in them, as tar extractors create missing parents with default
-    /// modes.
-    /// A directory; its path need not be valid UTF-8 (a name the server
-    /// listed as bytes).
+    /// modes. Its path need not be valid UTF-8 (a name the server listed
+    /// as bytes).
     pub fn add_dir(&self, path: impl AsRef<[u8]>, mtime: i64) -> Result<()> {
         let path = [checked_path(path.as_ref())?, b"/"].concat();
         self.with_emitter(&String::from_utf8_lossy(&path), |e| {

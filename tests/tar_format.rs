@@ -142,6 +142,80 @@ fn tar_restores_on_the_oldest_and_newest_majors() {
     }
 }
 
+/// The workers compress their own tasks; the pieces make one gzip file
+/// that PostgreSQL 18's pg_verifybackup reads and checks as it is, without
+/// extracting (it cannot parse WAL inside a tar: -n, as it says itself).
+#[test]
+fn pg_verifybackup_18_reads_the_gzip_tar_directly() {
+    if !common::available_majors().contains(&18) {
+        eprintln!("skipped: no PostgreSQL 18 here");
+        return;
+    }
+    let src = Cluster::start(18);
+    src.pgbench_init(1);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("tars");
+    let load = src.pgbench_load(2);
+    let out = run(&[
+        "-F",
+        "t",
+        "-z",
+        "-x",
+        "-j",
+        "3",
+        "--chunk-size",
+        "256k",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    load.stop();
+    assert_ok(&out);
+    let verify = |dir: &Path| {
+        Command::new(common::verifybackup_bin(18))
+            .arg("-n")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let v = verify(&dest);
+    assert!(
+        v.status.success(),
+        "pg_verifybackup -n {}: {}",
+        dest.display(),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // It really reads the archive: a manifest that wants other bytes fails.
+    let manifest = dest.join("backup_manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let accounts = src.psql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"Path\": \"{accounts}\"")))
+        .expect("pgbench_accounts is in the manifest");
+    let checksum = line.rsplit("\"Checksum\": \"").next().unwrap()[..8].to_string();
+    let mut forged = text.replace(&checksum, "00000000");
+    // Sign the forgery, so only the file's bytes can give it away.
+    let body = forged.rfind("\"Manifest-Checksum\"").unwrap();
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        &forged[..body],
+    ));
+    forged.truncate(body);
+    forged.push_str(&format!(
+        "\"Manifest-Checksum\": \"{}\"}}\n",
+        hex::encode(digest)
+    ));
+    std::fs::write(&manifest, &forged).unwrap();
+    let v = verify(&dest);
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains(&accounts),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
+
 /// `pg_basebackup -F t -x DSN - | tar -x -C dir`: one stream, WAL under
 /// pg_wal/ and backup_manifest inside, logging on stderr only.
 #[test]

@@ -18,27 +18,37 @@ pub fn stop_waits(fetch_wal: bool, archive_mode: &str, in_recovery: bool) -> boo
         }
 }
 
-/// Say, before the backup starts, where the copy's WAL will come from.
+/// Say, before the backup starts, that the stop will wait for the archive.
 pub fn announce(fetch_wal: bool, archive_mode: &str, in_recovery: bool) {
-    if fetch_wal {
-        return;
-    }
     if stop_waits(fetch_wal, archive_mode, in_recovery) {
         info!(
             "without -x the copy's WAL comes from the server's archive (archive_mode = \
              {archive_mode}): the backup stop waits until the server has archived it"
         );
-    } else if archive_mode == "off" {
-        warn!(
-            "archive_mode is off: the copy will hold no WAL and no archive receives it; \
-             it needs -x or another WAL source (pg_receivewal, ...)"
-        );
-    } else {
-        warn!(
-            "this standby does not archive WAL (archive_mode = {archive_mode}, not always): \
-             the copy needs -x or the primary's archive, and the backup does not wait for it"
-        );
     }
+}
+
+/// After a backup without -x: where the WAL the copy needs must come from.
+pub fn warn_no_wal(fetch_wal: bool, archive_mode: &str, in_recovery: bool) {
+    if fetch_wal {
+        return;
+    }
+    let source = if stop_waits(fetch_wal, archive_mode, in_recovery) {
+        "the server's WAL archive (it holds it all now)".to_string()
+    } else if archive_mode == "off" {
+        "a WAL archive, and archive_mode is off: only another WAL source (pg_receivewal, ...) \
+         can have it; else take the backup with -x"
+            .to_string()
+    } else {
+        format!(
+            "the primary's WAL archive (this standby does not archive with archive_mode = \
+             {archive_mode}, and the backup did not wait for it); else take the backup with -x"
+        )
+    };
+    warn!(
+        "the copy holds no WAL (-x not given): starting it needs a restore_command that \
+         fetches the WAL written during the backup from {source}"
+    );
 }
 
 #[cfg(test)]

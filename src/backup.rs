@@ -309,12 +309,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                 options.wire_bytes.load(Ordering::Relaxed),
                 options.data_bytes.load(Ordering::Relaxed)
             );
-            if !settings.fetch_wal {
-                warn!(
-                    "the copy holds no WAL (-x not given): starting it needs a WAL archive, \
-                     with a restore_command that fetches the WAL written during the backup"
-                );
-            }
+            archive::warn_no_wal(settings.fetch_wal, &archive_mode, info.in_recovery);
             out.announce(done.manifest_written);
             if !done.page_failures.is_empty() {
                 bail_with!(

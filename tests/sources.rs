@@ -244,10 +244,16 @@ fn a_standby_promoted_during_the_backup_fails_it_within_seconds() {
     let (code, stderr) = finish(child, rx, seen);
     let took = promoted.elapsed();
     assert_eq!(code, 6, "{stderr}");
-    assert!(took < Duration::from_secs(5), "noticed after {took:?}");
+    // Polled every second; the rest is the workers' current requests and
+    // the cleanup, on a loaded machine.
+    assert!(took < Duration::from_secs(10), "noticed after {took:?}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(errors.len(), 1, "one line: {stderr}");
-    assert!(errors[0].contains("the standby was promoted"), "{stderr}");
+    // Our watch's words, not the stop call's ("... during online backup").
+    assert!(
+        errors[0].contains("the standby was promoted during the backup, so the copy"),
+        "{stderr}"
+    );
     assert!(!dest.exists(), "the partial copy is removed");
     standby.assert_no_leftovers();
 }
@@ -465,16 +471,17 @@ fn without_wal_a_standby_that_archives_always_is_waited_for() {
 }
 
 #[test]
-fn without_wal_and_without_archiving_the_backup_warns_first() {
+fn without_wal_and_without_archiving_the_backup_warns() {
     let src = Cluster::start(15);
     let scratch = scratch_dir();
     let dest = scratch.path().join("copy");
     let out = run(&["-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
     assert_ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr.lines().next().unwrap_or_default();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warn:")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(
-        first.contains("warn: archive_mode is off") && first.contains("-x"),
+        warnings[0].contains("archive_mode is off") && warnings[0].contains("-x"),
         "{stderr}"
     );
 }

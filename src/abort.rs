@@ -1,6 +1,7 @@
 //! One flag that every thread checks between units of work: set by
-//! SIGINT/SIGTERM or by the first thread that fails, so the others stop
-//! soon and the backup can be ended cleanly.
+//! SIGINT/SIGTERM (see `interrupt.rs`, which also unblocks threads that do
+//! not look) or by the first thread that fails, so the others stop soon and
+//! the backup can be ended cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,20 +11,18 @@ use anyhow::Result;
 #[derive(Clone)]
 pub struct Abort {
     failed: Arc<AtomicBool>,
-    signalled: Arc<AtomicBool>,
+    /// `terminate` on the WAL follower's standard input.
+    terminated: Arc<AtomicBool>,
 }
 
 impl Abort {
     /// A flag that SIGINT and SIGTERM set.
     pub fn with_signals() -> Result<Abort> {
-        let abort = Abort {
+        crate::interrupt::install()?;
+        Ok(Abort {
             failed: Arc::default(),
-            signalled: Arc::default(),
-        };
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&abort.signalled))?;
-        }
-        Ok(abort)
+            terminated: Arc::default(),
+        })
     }
 
     /// Ask every thread to stop because something failed.
@@ -35,8 +34,9 @@ impl Abort {
         self.failed.load(Ordering::SeqCst) || self.signalled()
     }
 
+    /// Whether a normal stop was asked for: a signal, or `terminate`.
     pub fn signalled(&self) -> bool {
-        self.signalled.load(Ordering::SeqCst)
+        crate::interrupt::signalled() || self.terminated.load(Ordering::SeqCst)
     }
 
     /// Sleep up to `d`, waking early when the flag is set. Returns whether it was.
@@ -67,6 +67,6 @@ impl Abort {
     /// Ask for a normal stop, as a signal would (the WAL follower's
     /// `terminate` on standard input).
     pub fn terminate(&self) {
-        self.signalled.store(true, Ordering::SeqCst);
+        self.terminated.store(true, Ordering::SeqCst);
     }
 }

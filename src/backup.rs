@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -36,6 +36,7 @@ use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
 use crate::standby;
 use crate::wal::WalFollower;
+use crate::watchdog;
 use crate::{bail_with, wal};
 
 /// application_name of each kind of session, so a DBA can tell them apart
@@ -323,6 +324,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
         Err(e) => {
             abort.fail();
+            crate::interrupt::only_local_work_left();
             let e = if abort.signalled() {
                 e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
             } else {
@@ -389,7 +391,7 @@ fn backup_into(
             }
         }
     }
-    let watch = if info.in_recovery {
+    let promotion_watch = if info.in_recovery {
         info!(
             "the source is a standby: the backup ends at its minimum recovery point, \
              and fails if it is promoted meanwhile"
@@ -400,10 +402,8 @@ fn backup_into(
     } else {
         None
     };
-    // A spread checkpoint can take minutes: a signal must not wait for it.
-    let start_lsn = cancel_on_abort(control, abort, |c| {
-        server::start_backup(c, info, &settings.label, settings.fast_checkpoint)
-    })?;
+    // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
+    let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
     info!("backup started at {}", server::format_lsn(start_lsn));
     let aux = readers[0].client();
     let timeline = server::current_timeline(aux)?;
@@ -412,7 +412,7 @@ fn backup_into(
         &plan::listing_skip_names(),
         &plan::listing_skip_paths(),
     )?;
-    let plan = plan::build(
+    let mut plan = plan::build(
         &listing,
         tablespaces,
         &info.tablespace_version_dir(),
@@ -420,6 +420,9 @@ fn backup_into(
         settings.chunk_size,
     )
     .map_err(|e| Failure::new(Exit::Backup, e))?;
+    if settings.tar.is_none() {
+        plan.tasks = plan::spread_files(plan.tasks);
+    }
     info!(
         "{} files, {} MB, in {} read requests",
         plan.files.len(),
@@ -461,15 +464,17 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
-        let watch_thread = watch.map(|client| {
+        let promotion = promotion_watch.map(|client| {
             let wal_done = &wal_done;
             std::thread::Builder::new()
-                .name("watch".into())
+                .name("watch promotion".into())
                 .spawn_scoped(s, move || {
                     standby::watch_for_promotion(client, abort, wal_done)
                 })
-                .expect("spawn the standby watch thread")
+                .expect("spawn the standby promotion watch")
         });
+        // The backup lives in the control session: losing it ends the copy.
+        let watch = watchdog::watch(s, control, abort);
         let wal_dest = out.wal_dest();
         let wal_thread = follower.take().map(|mut f| {
             let wal_done = &wal_done;
@@ -502,14 +507,16 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
-        if let Some(t) = watch_thread {
-            t.join().expect("the standby watch thread panicked")?;
-        }
-        // The helper threads' errors first: when one fails, the copy only
-        // says it was interrupted.
-        let follower = follower?;
-        let (copied, readers_back) = copied?;
-        Ok((copied, readers_back, follower))
+        let promoted = promotion
+            .map(|t| t.join().expect("the standby promotion watch panicked"))
+            .transpose();
+        // A promotion or a failed WAL thread is what stopped the copy: its
+        // error comes first.
+        watch.verdict(promoted.and_then(|_| {
+            follower.and_then(|follower| {
+                copied.map(|(copied, readers_back)| (copied, readers_back, follower))
+            })
+        }))
     })?;
     readers = readers_back;
     let odd_files = odd_names::copy(
@@ -539,10 +546,8 @@ fn backup_into(
             }
         );
     }
-    // Waiting for the archiver can take long: a signal cancels it.
-    let stop = cancel_on_abort(control, abort, |c| {
-        server::stop_backup(c, info, wait_for_archive)
-    })?;
+    // Waiting for the archiver can take long: a signal cancels it (interrupt.rs).
+    let stop = server::stop_backup(control, info, wait_for_archive)?;
     info!(
         "backup stopped at {}{}",
         server::format_lsn(stop.lsn),
@@ -583,6 +588,8 @@ fn backup_into(
     if abort.is_set() {
         anyhow::bail!("backup interrupted");
     }
+    // Only writing DEST is left: a signal from here on lets the backup complete.
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         out.sync_data()?;
     }
@@ -671,33 +678,6 @@ fn write_recovery_conf(
             now,
         )
     }
-}
-
-/// Run `f` on `client`, sending the server a cancel request if `abort` is
-/// set meanwhile (as libpq before 17, the request goes without TLS; if the
-/// server insists on TLS it is refused and `f` simply runs to its end).
-fn cancel_on_abort<T>(
-    client: &mut Client,
-    abort: &Abort,
-    f: impl FnOnce(&mut Client) -> Result<T>,
-) -> Result<T> {
-    let token = client.cancel_token();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if abort.sleep(Duration::from_millis(100)) {
-                    if let Err(e) = token.cancel_query(postgres::NoTls) {
-                        log::debug!("could not cancel the running statement: {e}");
-                    }
-                    return;
-                }
-            }
-        });
-        let result = f(client);
-        done.store(true, Ordering::SeqCst);
-        result
-    })
 }
 
 /// A whole small file into memory (pg_control: 8 kB).
@@ -873,7 +853,9 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
     );
     let mut slot_at = start_lsn;
     loop {
-        follower.poll(&dest, abort)?;
+        if cut_short_by_stop(follower.poll(&dest, abort), abort)? {
+            break;
+        }
         if let Some(name) = &slot {
             // Everything before the first segment we do not hold in full can go.
             let mut next = start_lsn / info.wal_segment_size;
@@ -884,7 +866,9 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             }
             let lsn = next * info.wal_segment_size;
             if lsn > slot_at {
-                server::advance_slot(&mut control, name, lsn)?;
+                if cut_short_by_stop(server::advance_slot(&mut control, name, lsn), abort)? {
+                    break;
+                }
                 slot_at = lsn;
             }
         }
@@ -892,6 +876,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             break;
         }
     }
+    crate::interrupt::only_local_work_left();
     if settings.sync {
         dest.sync()?;
     }
@@ -900,6 +885,20 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
         progress.wal_bytes()
     );
     Ok(())
+}
+
+/// Whether a step of the -S -x feed failed because a signal cancelled it
+/// (interrupt.rs): a requested stop all the same, the next run copies that
+/// segment again. Other failures are returned.
+fn cut_short_by_stop(step: Result<impl Sized>, abort: &Abort) -> Result<bool> {
+    match step {
+        Err(e) if abort.signalled() => {
+            log::debug!("cut short by the stop: {e:#}");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+        Ok(_) => Ok(false),
+    }
 }
 
 /// Used by tests of the tablespace map rewrite.

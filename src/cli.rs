@@ -11,6 +11,34 @@ use clap::Parser;
 use crate::bail_with;
 use crate::error::Exit;
 
+/// The command line, or, on a mistake in it, PostgreSQL's two lines and
+/// exit code 2:
+///
+/// ```text
+/// pg_basebackup: error: unexpected argument '--frobnicate' found
+/// pg_basebackup: hint: Try "pg_basebackup --help" for more information.
+/// ```
+pub fn parse() -> Args {
+    Args::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit(); // --help, --version: on standard output, exit 0
+        }
+        // clap's first paragraph, without its "error: " and its line breaks
+        // (the missing arguments come one per line).
+        let text = e.render().to_string();
+        let first: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let message = first.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        eprintln!("pg_basebackup: error: {message}");
+        eprintln!("pg_basebackup: hint: Try \"pg_basebackup --help\" for more information.");
+        std::process::exit(Exit::Usage.code())
+    })
+}
+
 /// Take a physical base backup of a running PostgreSQL server over ordinary
 /// SQL connections, in parallel.
 #[derive(Parser, Debug)]

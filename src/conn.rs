@@ -20,6 +20,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -29,6 +30,7 @@ use postgres::{Client, Socket};
 
 use crate::bail_with;
 use crate::error::{Exit, Failure};
+use crate::interrupt::Endpoint;
 
 /// libpq's default port.
 const DEFAULT_PORT: u16 = 5432;
@@ -349,6 +351,12 @@ impl ConnSpec {
                 for addr in addrs {
                     match self.attempt(target, &addr, &app, want, &mut tls) {
                         Ok(client) => return Ok(client),
+                        Err(_) if crate::interrupt::signalled() => {
+                            bail_with!(
+                                Exit::Interrupted,
+                                "interrupted by a signal while connecting"
+                            )
+                        }
                         Err(mut msgs) => errors.append(&mut msgs),
                     }
                 }
@@ -558,6 +566,18 @@ impl ConnSpec {
         let prefix = format!("connection to {server} failed: ");
         let fail = |reason: String| vec![format!("{prefix}{reason}")];
         let mut cfg = self.base_config(t, app);
+        // The connection holds the only strong reference (in its notice
+        // callback): the signal watcher forgets the session when it is gone.
+        let alive = Arc::new(());
+        let held = Arc::clone(&alive);
+        cfg.notice_callback(move |notice| {
+            let _alive = &held;
+            log::debug!("server {}: {}", notice.severity(), notice.message());
+        });
+        crate::interrupt::register_endpoint(match addr {
+            Addr::Unix(dir) => Endpoint::Unix(dir.join(format!(".s.PGSQL.{}", t.port))),
+            Addr::Tcp(ip) => Endpoint::Tcp(*ip, t.port),
+        });
         let tcp = match addr {
             Addr::Unix(dir) => {
                 cfg.host_path(dir);
@@ -590,6 +610,7 @@ impl ConnSpec {
         let reason = |e: &AttemptError| match e {
             AttemptError::Pg(e) => describe_pg_error(e, hint, self.passfile_hint(t)),
             AttemptError::TimedOut => "timeout expired".into(),
+            AttemptError::Interrupted => "interrupted by a signal".into(),
             AttemptError::Spawn(e) => format!("could not start a connection thread: {e}"),
         };
         let timeout = self.connect_timeout;
@@ -643,6 +664,7 @@ impl ConnSpec {
                 connect_within(&cfg, connector, timeout).map_err(|e| fail(reason(&e)))?
             }
         };
+        crate::interrupt::register(client.cancel_token(), Arc::downgrade(&alive));
         check_session(&mut client, want).map_err(fail)?;
         Ok(client)
     }
@@ -663,6 +685,8 @@ enum AttemptError {
     Pg(postgres::Error),
     /// connect_timeout ran out before the session was ready.
     TimedOut,
+    /// SIGINT or SIGTERM arrived before the session was ready.
+    Interrupted,
     Spawn(std::io::Error),
 }
 
@@ -678,8 +702,8 @@ impl AttemptError {
 /// connect, so a server (or a middlebox) that accepts the connection and
 /// then never answers would hang TLS negotiation or authentication forever.
 /// The attempt runs on a thread of its own, which is abandoned when the time
-/// is up; it ends, closing its socket, when the server finally answers or
-/// closes, or with the process (a timeout fails the backup).
+/// is up or a signal arrives (also without a timeout); it ends, closing its
+/// socket, when the server finally answers or closes, or with the process.
 fn connect_within<T>(
     cfg: &postgres::Config,
     tls: T,
@@ -691,9 +715,6 @@ where
     T::Stream: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    let Some(timeout) = timeout else {
-        return cfg.connect(tls).map_err(AttemptError::Pg);
-    };
     let (done, result) = std::sync::mpsc::channel();
     let cfg = cfg.clone();
     std::thread::Builder::new()
@@ -703,9 +724,28 @@ where
             let _ = done.send(cfg.connect(tls));
         })
         .map_err(AttemptError::Spawn)?;
-    match result.recv_timeout(timeout) {
-        Ok(connected) => connected.map_err(AttemptError::Pg),
-        Err(_) => Err(AttemptError::TimedOut),
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if crate::interrupt::signalled() {
+            return Err(AttemptError::Interrupted);
+        }
+        let mut wait = Duration::from_millis(100);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(AttemptError::TimedOut);
+            }
+            wait = wait.min(left);
+        }
+        match result.recv_timeout(wait) {
+            Ok(connected) => return connected.map_err(AttemptError::Pg),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(AttemptError::Spawn(std::io::Error::other(
+                    "the connection thread ended without a result",
+                )));
+            }
+        }
     }
 }
 
@@ -753,6 +793,10 @@ fn check_session(client: &mut Client, want: SessionAttrs) -> std::result::Result
     }
 }
 
+/// What libpq says when the answer is not the PostgreSQL protocol.
+const NOT_POSTGRES: &str =
+    "received an invalid response from the server; is this a PostgreSQL server?";
+
 /// One line for a failed connection attempt: the server's FATAL, or the
 /// socket error, or the TLS error. Never contains the password (neither the
 /// server nor the `postgres` crate ever repeats it).
@@ -770,11 +814,20 @@ fn describe_pg_error(e: &postgres::Error, hint: &str, passfile: Option<&Path>) -
         }
         return msg;
     }
+    let top = e.to_string();
+    if top == "unexpected message from server" || top == "error parsing response from server" {
+        return NOT_POSTGRES.into();
+    }
     // Walk the causes: an io::Error (socket), an SSL error, or text.
     let mut texts = Vec::new();
     let mut cause = e.source();
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            // The stream ended inside what was read as a message: the other
+            // end does not speak the protocol (an HTTP server, say).
+            if io.to_string() == "bytes remaining on stream" {
+                return NOT_POSTGRES.into();
+            }
             return describe_io_error(io, hint);
         }
         if let Some(ssl) = c.downcast_ref::<openssl::ssl::Error>() {
@@ -798,7 +851,6 @@ fn describe_pg_error(e: &postgres::Error, hint: &str, passfile: Option<&Path>) -
         texts.push(c.to_string());
         cause = c.source();
     }
-    let top = e.to_string();
     match texts.first().map(String::as_str) {
         Some("password missing") => "no password supplied".into(),
         Some("server does not support TLS") => {

@@ -24,6 +24,7 @@ use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
 use crate::reader::Reader;
+use crate::tar_out::TaskParts;
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]
@@ -36,15 +37,11 @@ pub struct CopyOutcome {
     pub vanished: BTreeSet<usize>,
 }
 
-/// The bytes of one task that a sink keeps until the task is complete,
-/// one entry per piece (`None`: nothing kept, or the file was gone).
-pub type TaskBuffers = Vec<Option<Vec<u8>>>;
-
 /// What a worker keeps for its sink from one piece to the next.
 #[derive(Default)]
 pub struct Scratch {
-    /// The current task's pieces, for a sink that writes whole tasks (tar).
-    pub held: TaskBuffers,
+    /// Tar output: the current task's share of each archive.
+    pub tar: Vec<TaskParts>,
     /// The file the last piece went to, kept open for the next piece of it
     /// (plain output), and closed when the worker ends.
     pub open: Option<(String, std::fs::File)>,
@@ -56,7 +53,8 @@ pub trait Sink: Sync {
     fn wait_turn(&self, _index: usize, _abort: &Abort) {}
 
     /// Piece `i` of `task`: the bytes the server returned (fewer if the
-    /// file shrank), `None` if the file was gone.
+    /// file shrank), `None` if the file was gone. The pieces of a task come
+    /// in order, on the worker that fetched it.
     fn piece(
         &self,
         scratch: &mut Scratch,
@@ -67,7 +65,7 @@ pub trait Sink: Sync {
     ) -> Result<()>;
 
     /// After every piece of task `index`.
-    fn end_task(&self, _index: usize, _task: &Task, _held: TaskBuffers) -> Result<()> {
+    fn end_task(&self, _index: usize, _task: &Task, _scratch: &mut Scratch) -> Result<()> {
         Ok(())
     }
 
@@ -233,22 +231,23 @@ fn copy_task(
                 (files[p.file].path.as_str(), p.offset, p.len)
             })
             .collect();
-        let mut done = vec![false; pending.len()];
+        // Rows come in request order (WITH ORDINALITY over the arrays), so
+        // what was handed over when a session is lost is a prefix.
+        let mut done = 0;
         let read = reader.read(&ranges, |r, data| {
-            done[r] = true;
+            anyhow::ensure!(
+                r == done,
+                "the server returned row {r} where {done} was due"
+            );
+            done += 1;
             write_piece(shared, scratch, task, pending[r], data, suspects)
         });
-        pending = pending
-            .into_iter()
-            .zip(done)
-            .filter_map(|(i, done)| (!done).then_some(i))
-            .collect();
+        pending.drain(..done);
         if let Err(e) = read {
             replace_lost_session(e, reader, &mut attempt, reconnect, shared.abort)?;
         }
     }
-    let held = std::mem::take(&mut scratch.held);
-    shared.job.sink.end_task(index, task, held)
+    shared.job.sink.end_task(index, task, scratch)
 }
 
 /// Decide whether a failed request is retried: only when its session was

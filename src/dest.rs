@@ -19,12 +19,12 @@ use crate::error::{Exit, ExitContext};
 
 /// Refuse an unusable DEST before anything is done on the server.
 pub fn check(path: &Path, force: bool) -> Result<()> {
-    if let Some(datadir) = enclosing_data_directory(path) {
+    if let Some((kind, dir)) = enclosing_cluster_directory(path) {
         bail_with!(
             Exit::Dest,
-            "{} is inside the PostgreSQL data directory {}; choose a directory outside it",
+            "{} is inside the PostgreSQL {kind} {}; choose a directory outside it",
             path.display(),
-            datadir.display()
+            dir.display()
         );
     }
     match fs::symlink_metadata(path) {
@@ -70,23 +70,80 @@ pub fn check(path: &Path, force: bool) -> Result<()> {
     }
 }
 
-/// The data directory that `path` would write into, if any: an ancestor
-/// with PG_VERSION and global/pg_control, or `path` itself while a server
-/// runs on it (postmaster.pid). Writing there would corrupt that cluster.
-/// `path` itself as a stopped cluster (an earlier copy) may be replaced
-/// with -f.
-fn enclosing_data_directory(path: &Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
+/// The directory of a cluster that `path` would write into, if any, and
+/// what it is. Writing there would corrupt that cluster:
+/// - a data directory: an ancestor with PG_VERSION and global/pg_control,
+///   or `path` itself while a server runs on it (postmaster.pid); `path`
+///   itself as a stopped cluster (an earlier copy) may be replaced with -f;
+/// - a WAL directory (`pg_wal`, or where an `initdb -X` link points): `path`
+///   or an ancestor holding `archive_status` and WAL segment files;
+/// - a tablespace directory: `path` or an ancestor holding a
+///   `PG_<major>_<catalog version>` directory.
+///
+/// Only the client's file system is looked at, with symbolic links
+/// resolved: this protects a server on the same host (whatever the links),
+/// and paths that exist only on a remote server never refuse a DEST here.
+fn enclosing_cluster_directory(path: &Path) -> Option<(&'static str, PathBuf)> {
+    let resolved = resolve_existing_prefix(&std::path::absolute(path).ok()?);
     let is_data_dir =
         |dir: &Path| dir.join("PG_VERSION").is_file() && dir.join("global/pg_control").is_file();
-    if is_data_dir(&absolute) && absolute.join("postmaster.pid").exists() {
-        return Some(absolute);
+    if is_data_dir(&resolved) && resolved.join("postmaster.pid").exists() {
+        return Some(("data directory", resolved));
     }
-    absolute
-        .ancestors()
-        .skip(1)
-        .find(|dir| is_data_dir(dir))
-        .map(Path::to_path_buf)
+    for dir in resolved.ancestors() {
+        if dir != resolved && is_data_dir(dir) {
+            return Some(("data directory", dir.to_path_buf()));
+        }
+        if is_wal_dir(dir) {
+            return Some(("WAL directory", dir.to_path_buf()));
+        }
+        if is_tablespace_dir(dir) {
+            return Some(("tablespace directory", dir.to_path_buf()));
+        }
+    }
+    None
+}
+
+/// `path` with its longest existing prefix resolved (symbolic links, `..`).
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    for existing in path.ancestors() {
+        if let Ok(real) = fs::canonicalize(existing) {
+            let rest = path.strip_prefix(existing).unwrap_or(Path::new(""));
+            return real.join(rest);
+        }
+    }
+    path.to_path_buf()
+}
+
+fn is_wal_dir(dir: &Path) -> bool {
+    dir.join("archive_status").is_dir()
+        && fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.as_encoded_bytes();
+                name.len() == 24 && name.iter().all(u8::is_ascii_hexdigit)
+            })
+        })
+}
+
+fn is_tablespace_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let is_version_dir = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("PG_"))
+                .is_some_and(|v| {
+                    v.split_once('_').is_some_and(|(major, catalog)| {
+                        !major.is_empty()
+                            && major.bytes().all(|b| b.is_ascii_digit())
+                            && catalog.len() == 9
+                            && catalog.bytes().all(|b| b.is_ascii_digit())
+                    })
+                });
+            is_version_dir && e.path().is_dir()
+        })
+    })
 }
 
 /// The root of a copy in progress.
@@ -282,6 +339,27 @@ impl Dest {
         Ok(())
     }
 
+    /// Make a file `len` bytes long with every block allocated, keeping
+    /// what it holds (zeros where it holds nothing), as PostgreSQL zero-fills
+    /// a WAL segment before use: a segment with holes in the copy could fail
+    /// with ENOSPC once the server started on the copy writes into it.
+    pub fn allocate(&self, rel: &str, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = self.open(rel)?;
+        // SAFETY: posix_fallocate on a file descriptor we own.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc)).exit_with(Exit::Dest, || {
+                format!(
+                    "cannot allocate {} bytes for {}",
+                    len,
+                    self.path(rel).display()
+                )
+            });
+        }
+        Ok(())
+    }
+
     /// Write a whole small file (backup_label, tablespace_map) and fsync it.
     /// Its path need not be valid UTF-8.
     pub fn write_file(&self, rel: impl AsRef<OsStr>, data: &[u8]) -> Result<()> {
@@ -401,6 +479,35 @@ mod tests {
             check(&datadir, true).is_err(),
             "never a running server's data directory"
         );
+    }
+
+    #[test]
+    fn check_refuses_wal_and_tablespace_directories_also_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = tmp.path().join("wal");
+        fs::create_dir_all(wal.join("archive_status")).unwrap();
+        fs::write(wal.join("000000010000000000000001"), b"").unwrap();
+        let tablespace = tmp.path().join("ts");
+        fs::create_dir_all(tablespace.join("PG_15_202209061")).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&wal, &link).unwrap();
+        for (dest, kind) in [
+            (wal.join("copy"), "WAL directory"),
+            (wal.clone(), "WAL directory"),
+            (link.join("a/../copy"), "WAL directory"),
+            (tablespace.join("copy"), "tablespace directory"),
+            (
+                tablespace.join("PG_15_202209061/copy"),
+                "tablespace directory",
+            ),
+        ] {
+            let err = check(&dest, true).unwrap_err();
+            assert!(err.to_string().contains(kind), "{}: {err}", dest.display());
+            assert_eq!(crate::error::exit_of(&err), Exit::Dest);
+        }
+        // An ordinary directory with a name alike is fine.
+        fs::create_dir_all(tmp.path().join("other/PG_15_notdigits")).unwrap();
+        assert!(check(&tmp.path().join("other/copy"), false).is_ok());
     }
 
     #[test]

@@ -88,6 +88,33 @@ pub fn exit_of(err: &anyhow::Error) -> Exit {
         .map_or(Exit::Internal, |f| f.exit)
 }
 
+/// The one line printed for a failure, and the server's HINT if it gave one
+/// (printed on a line of its own, as PostgreSQL's tools do). The causes are
+/// joined with ": "; a server error reads `SEVERITY: message (detail)`,
+/// without the client library's "db error" in front; line breaks become
+/// spaces, so the line stays one line whatever a cause says.
+pub fn report(err: &anyhow::Error) -> (String, Option<String>) {
+    let mut parts = Vec::new();
+    let mut hint = None;
+    for cause in err.chain() {
+        if let Some(db) = cause.downcast_ref::<postgres::error::DbError>() {
+            let mut text = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            hint = db.hint().map(str::to_string);
+            parts.push(text);
+        } else if cause
+            .downcast_ref::<postgres::Error>()
+            .is_none_or(|e| e.as_db_error().is_none())
+        {
+            parts.push(cause.to_string());
+        }
+    }
+    let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+    (one_line(&parts.join(": ")), hint.as_deref().map(one_line))
+}
+
 /// Extension for results: tag any error with an exit kind while keeping the
 /// original error as the cause, e.g. `.exit_with(Exit::Dest, || format!(...))`.
 pub trait ExitContext<T> {
@@ -125,5 +152,11 @@ mod tests {
             Exit::Dest
         );
         assert_eq!(exit_of(&anyhow::anyhow!("plain")), Exit::Internal);
+    }
+
+    #[test]
+    fn a_report_is_one_line() {
+        let err = anyhow::anyhow!("first\nsecond").context("while  doing it");
+        assert_eq!(report(&err), ("while  doing it: first second".into(), None));
     }
 }

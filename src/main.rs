@@ -11,6 +11,7 @@ mod delta;
 mod dest;
 mod error;
 mod integrity;
+mod interrupt;
 mod manifest;
 mod odd_names;
 mod output;
@@ -27,10 +28,9 @@ mod tar_out;
 mod throttle;
 mod timeline;
 mod wal;
+mod watchdog;
 
 use std::io::{BufRead, Write};
-
-use clap::Parser;
 
 fn main() {
     keep_chunk_buffers();
@@ -40,13 +40,26 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let args = cli::Args::parse();
+    let args = cli::parse();
     init_logging(args.verbose, args.debug);
     let result = args
         .into_settings(|| std::io::stdin().lock().split(b'\n').collect())
         .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
-        log::error!("{err:#}");
+        // Whatever failed after a signal failed because of it.
+        let err = if interrupt::signalled() && error::exit_of(&err) != error::Exit::Interrupted {
+            err.context(error::Failure::new(
+                error::Exit::Interrupted,
+                "interrupted by a signal",
+            ))
+        } else {
+            err
+        };
+        let (line, hint) = error::report(&err);
+        log::error!("{line}");
+        if let Some(hint) = hint {
+            eprintln!("pg_basebackup: hint: {hint}");
+        }
         std::process::exit(error::exit_of(&err).code());
     }
 }

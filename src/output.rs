@@ -39,7 +39,7 @@ use crate::abort::Abort;
 use crate::backup::{shell_quote, unix_now};
 use crate::bail_with;
 use crate::cli::Settings;
-use crate::copy::{Scratch, Sink, TaskBuffers};
+use crate::copy::{Scratch, Sink};
 use crate::dest::Dest;
 use crate::error::{Exit, ExitContext};
 use crate::plan::{self, FileEntry, Plan, Task};
@@ -370,8 +370,14 @@ impl TarOutput {
             .context("the tar output is already finished")
     }
 
-    fn held_back_file(&self) -> Option<usize> {
-        self.held_back.as_ref().and_then(|h| h.file)
+    /// Each archive's writer, in archive order.
+    fn writers(&self) -> Result<impl Iterator<Item = &TarWriter>> {
+        self.archives
+            .iter()
+            .map(|a| a.writer.as_ref())
+            .collect::<Option<Vec<_>>>()
+            .map(Vec::into_iter)
+            .context("the tar output is already finished")
     }
 
     /// pg_wal.tar in DEST, compressed only with gzip as PostgreSQL's
@@ -427,38 +433,21 @@ impl Sink for TarOutput {
             }
             return Ok(());
         }
-        let held = &mut scratch.held;
-        if held.len() < task.pieces.len() {
-            held.resize(task.pieces.len(), None);
+        if scratch.tar.is_empty() {
+            scratch.tar = self.writers()?.map(TarWriter::task).collect();
         }
-        held[i] = data.map(<[u8]>::to_vec);
-        Ok(())
+        let a = self.archive_of[piece.file];
+        scratch.tar[a].add(piece, data, &self.archives[a].files)
     }
 
     /// Every archive sees every task, with only its own pieces (often
     /// none), so each one's reorder window moves with the plan.
-    fn end_task(&self, index: usize, task: &Task, mut held: TaskBuffers) -> Result<()> {
-        held.resize(task.pieces.len(), None);
-        let mut parts: Vec<(Task, TaskBuffers)> = self
-            .archives
-            .iter()
-            .map(|_| (Task { pieces: Vec::new() }, Vec::new()))
-            .collect();
-        for (piece, data) in task.pieces.iter().zip(held) {
-            if Some(piece.file) == self.held_back_file() {
-                continue;
-            }
-            let part = &mut parts[self.archive_of[piece.file]];
-            part.0.pieces.push(*piece);
-            part.1.push(data);
-        }
-        for (archive, (part, data)) in self.archives.iter().zip(parts) {
-            let writer = archive
-                .writer
-                .as_ref()
-                .context("the tar output is already finished")?;
+    fn end_task(&self, index: usize, _task: &Task, scratch: &mut Scratch) -> Result<()> {
+        let mut parts = std::mem::take(&mut scratch.tar).into_iter();
+        for (archive, writer) in self.archives.iter().zip(self.writers()?) {
+            let parts = parts.next().unwrap_or_else(|| writer.task());
             writer
-                .complete_task(index, &part, &archive.files, data)
+                .complete(index, parts, &archive.files)
                 .exit_with(Exit::Dest, || format!("cannot write {}", archive.name))?;
         }
         Ok(())

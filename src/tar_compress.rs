@@ -15,7 +15,8 @@
 //!   a sequence of frames: the `zstd` command and libzstd read them all);
 //! - lz4: one frame per piece in the frame format of the `lz4` command
 //!   (4 MB linked blocks and a content checksum, like the lz4 command's
-//!   defaults), which reads concatenated frames.
+//!   defaults), which reads concatenated frames; made by liblz4 (the `lz4`
+//!   crate), about twice as fast here as the pure-Rust lz4_flex.
 //!
 //! A piece starts from an empty dictionary, so each costs a little ratio:
 //! with pieces of a task (8 MB by default) that is well under 1%.
@@ -39,11 +40,12 @@ pub struct Segment {
 /// The tar bytes of one piece being compressed.
 enum Encoder {
     Deflate(flate2::write::DeflateEncoder<Vec<u8>>, crc32fast::Hasher),
-    Lz4(lz4_flex::frame::FrameEncoder<Vec<u8>>),
+    Lz4(lz4::Encoder<Vec<u8>>),
     Zstd(zstd::Encoder<'static, Vec<u8>>),
 }
 
-/// A writer that compresses into a [`Segment`]; see [`compress`].
+/// A writer that compresses into a [`Segment`]: what the tar writer's
+/// workers write their tasks into.
 pub struct SegmentWriter {
     encoder: Encoder,
     raw_len: u64,
@@ -70,23 +72,22 @@ impl Write for SegmentWriter {
 }
 
 impl SegmentWriter {
-    fn new(compression: TarCompression) -> Result<SegmentWriter> {
+    pub fn new(compression: TarCompression) -> Result<SegmentWriter> {
         let encoder = match compression {
             TarCompression::None => anyhow::bail!("an uncompressed archive has no segments"),
             TarCompression::Gzip(level) => Encoder::Deflate(
                 flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level)),
                 crc32fast::Hasher::new(),
             ),
-            TarCompression::Lz4 => {
-                let info = lz4_flex::frame::FrameInfo::new()
-                    .block_size(lz4_flex::frame::BlockSize::Max4MB)
-                    .block_mode(lz4_flex::frame::BlockMode::Linked)
-                    .content_checksum(true);
-                Encoder::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(
-                    info,
-                    Vec::new(),
-                ))
-            }
+            TarCompression::Lz4 => Encoder::Lz4(
+                lz4::EncoderBuilder::new()
+                    .level(0)
+                    .block_size(lz4::BlockSize::Max4MB)
+                    .block_mode(lz4::BlockMode::Linked)
+                    .checksum(lz4::ContentChecksum::ChecksumEnabled)
+                    .build(Vec::new())
+                    .context("cannot set up lz4 compression")?,
+            ),
             TarCompression::Zstd(level) => {
                 let mut z = zstd::Encoder::new(Vec::new(), level)
                     .context("cannot set up zstd compression")?;
@@ -100,7 +101,7 @@ impl SegmentWriter {
         })
     }
 
-    fn finish(self) -> Result<Segment> {
+    pub fn finish(self) -> Result<Segment> {
         let (bytes, crc) = match self.encoder {
             Encoder::Deflate(mut e, crc) => {
                 // A sync flush ends the deflate data on a byte boundary
@@ -109,7 +110,11 @@ impl SegmentWriter {
                 e.flush()?;
                 (std::mem::take(e.get_mut()), Some(crc))
             }
-            Encoder::Lz4(e) => (e.finish().map_err(io::Error::other)?, None),
+            Encoder::Lz4(e) => {
+                let (bytes, result) = e.finish();
+                result?;
+                (bytes, None)
+            }
             Encoder::Zstd(e) => (e.finish()?, None),
         };
         Ok(Segment {
@@ -211,10 +216,12 @@ mod tests {
 
     use super::*;
 
+    /// Pieces of several sizes, empty ones among them (a task whose only
+    /// file vanished writes nothing).
     fn pieces() -> Vec<Vec<u8>> {
-        (0..5u32)
+        (0..6u32)
             .map(|i| {
-                (0..(i * 70_000 + 3))
+                (0..(i % 3 * 70_000 + i % 2))
                     .map(|n| (n.wrapping_mul(i + 7) % 251) as u8)
                     .collect()
             })
@@ -237,14 +244,16 @@ mod tests {
 
     #[test]
     fn gzip_pieces_make_one_member() {
-        let (plain, packed) = assemble(TarCompression::Gzip(6));
-        // A single-member decoder reads it whole: it is one member.
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&packed[..])
-            .read_to_end(&mut out)
-            .unwrap();
-        assert!(out == plain);
-        assert!(packed.len() < plain.len());
+        for level in [1, 6, 9] {
+            let (plain, packed) = assemble(TarCompression::Gzip(level));
+            // A single-member decoder reads it whole: it is one member.
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&packed[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert!(out == plain, "level {level}");
+            assert!(packed.len() < plain.len());
+        }
     }
 
     #[test]

@@ -60,8 +60,10 @@ use anyhow::{Context, Result, bail, ensure};
 use log::debug;
 use tar::{EntryType, Header};
 
-use crate::plan::{FileEntry, Piece, Task};
-use crate::tar_compress::{self, Assembler, Segment};
+#[cfg(test)]
+use crate::plan::Task;
+use crate::plan::{FileEntry, Piece};
+use crate::tar_compress::{self, Assembler, Segment, SegmentWriter};
 
 const BLOCK: u64 = 512;
 /// Longest name or link target a tar header holds without a GNU long entry.
@@ -351,49 +353,47 @@ fn header(
     write_tar(w, h.as_bytes())
 }
 
-/// The tar bytes of consecutive pieces of a task: a file's header before
-/// its first piece, its bytes (cut, or padded with zeros, to the piece's
+/// The tar bytes of one piece of a task: its file's header before the
+/// file's first piece, its bytes (cut, or padded with zeros, to the piece's
 /// length; zeros for a piece of a file gone after its start), the padding
-/// after its last piece. A file whose first piece found it gone is left
-/// out, with its later pieces. Pieces that continue a file started in an
-/// earlier task are written as they are: whether that file was left out
-/// is for the caller to know (see [`continued_pieces`]).
-fn write_pieces(
+/// after the file's last piece. A file whose first piece found it gone is
+/// left out, with its later pieces (`omitted`, per task). A piece that
+/// continues a file started in an earlier task is written as it is:
+/// whether that file was left out is for the caller to know (see
+/// [`continued_pieces`]).
+fn write_piece(
     w: &mut dyn Write,
-    pieces: &[Piece],
-    data: &[Option<Vec<u8>>],
-    files: &[FileEntry],
+    piece: &Piece,
+    data: Option<&[u8]>,
+    file: &FileEntry,
     file_mode: u32,
+    omitted: &mut BTreeSet<usize>,
 ) -> Result<()> {
-    let mut omitted = BTreeSet::new();
-    for (piece, data) in pieces.iter().zip(data) {
-        let file = &files[piece.file];
-        if omitted.contains(&piece.file) {
-            continue;
+    if omitted.contains(&piece.file) {
+        return Ok(());
+    }
+    if piece.offset == 0 {
+        if data.is_none() {
+            omitted.insert(piece.file);
+            return Ok(());
         }
-        if piece.offset == 0 {
-            if data.is_none() {
-                omitted.insert(piece.file);
-                continue;
-            }
-            header(
-                w,
-                file.path.as_bytes(),
-                EntryType::Regular,
-                file.size,
-                file_mode,
-                file.mtime,
-                None,
-            )?;
-        }
-        let n = data.as_ref().map_or(0, |d| d.len().min(piece.len as usize));
-        if let Some(d) = data {
-            write_tar(w, &d[..n])?;
-        }
-        zeros(w, piece.len - n as u64)?;
-        if piece.offset + piece.len == file.size {
-            pad(w, file.size)?;
-        }
+        header(
+            w,
+            file.path.as_bytes(),
+            EntryType::Regular,
+            file.size,
+            file_mode,
+            file.mtime,
+            None,
+        )?;
+    }
+    let n = data.map_or(0, |d| d.len().min(piece.len as usize));
+    if let Some(d) = data {
+        write_tar(w, &d[..n])?;
+    }
+    zeros(w, piece.len - n as u64)?;
+    if piece.offset + piece.len == file.size {
+        pad(w, file.size)?;
     }
     Ok(())
 }
@@ -409,10 +409,104 @@ fn continued_pieces(pieces: &[Piece]) -> usize {
     }
 }
 
+/// One task's share of an archive, gathered piece by piece, in task order,
+/// by the worker that fetches the task ([`TarWriter::task`]), then handed
+/// in with [`TarWriter::complete`]. For a compressed archive each piece is
+/// compressed as it arrives, so the worker holds compressed bytes only and
+/// the workers compress in parallel.
+pub struct TaskParts {
+    pieces: Vec<Piece>,
+    /// Per piece: whether the server returned it (false: the file was gone).
+    present: Vec<bool>,
+    file_mode: u32,
+    body: PartsBody,
+}
+
+enum PartsBody {
+    Raw(Vec<Option<Vec<u8>>>),
+    Compressed {
+        compression: TarCompression,
+        /// The segment being written (boxed: a compressor's state is large).
+        current: Option<Box<SegmentWriter>>,
+        /// Finished: the pieces that continue a file started earlier.
+        continued: Option<Segment>,
+        /// Files of this task found gone at their first piece.
+        omitted: BTreeSet<usize>,
+    },
+}
+
+impl TaskParts {
+    /// Add the next piece of the task; `files` as for
+    /// [`complete`](TarWriter::complete).
+    pub fn add(&mut self, piece: Piece, data: Option<&[u8]>, files: &[FileEntry]) -> Result<()> {
+        let file = files
+            .get(piece.file)
+            .with_context(|| format!("a task names file #{}, not in the plan", piece.file))?;
+        match &mut self.body {
+            PartsBody::Raw(held) => held.push(data.map(<[u8]>::to_vec)),
+            PartsBody::Compressed {
+                compression,
+                current,
+                continued,
+                omitted,
+            } => {
+                // The first piece that is not part of a leading run
+                // continuing an earlier task's file starts a new segment.
+                if continued_pieces(&self.pieces) == self.pieces.len()
+                    && !self.pieces.is_empty()
+                    && self.pieces[0].file != piece.file
+                {
+                    *continued = current.take().map(|w| w.finish()).transpose()?;
+                }
+                let w = match current {
+                    Some(w) => w,
+                    None => current.insert(Box::new(SegmentWriter::new(*compression)?)),
+                };
+                write_piece(w.as_mut(), &piece, data, file, self.file_mode, omitted)?;
+            }
+        }
+        self.pieces.push(piece);
+        self.present.push(data.is_some());
+        Ok(())
+    }
+
+    /// The task, ready to queue, and the bytes it holds.
+    fn finish(self) -> Result<Done> {
+        let (body, bytes) = match self.body {
+            PartsBody::Raw(held) => {
+                let bytes = held.iter().flatten().map(|d| d.len() as u64).sum();
+                (Body::Raw(held), bytes)
+            }
+            PartsBody::Compressed {
+                current, continued, ..
+            } => {
+                let last = current.map(|w| w.finish()).transpose()?;
+                // Without a finished leading run, the last segment is that
+                // run when the whole task continues an earlier file.
+                let (continued, rest) = match continued {
+                    None if continued_pieces(&self.pieces) == self.pieces.len() => (last, None),
+                    continued => (continued, last),
+                };
+                let bytes = [&continued, &rest]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.bytes.len() as u64)
+                    .sum();
+                (Body::Compressed { continued, rest }, bytes)
+            }
+        };
+        Ok(Done {
+            pieces: self.pieces,
+            present: self.present,
+            body,
+            bytes,
+        })
+    }
+}
+
 /// A completed task waiting for its turn.
 struct Done {
     pieces: Vec<Piece>,
-    /// Per piece: whether the server returned it (false: the file was gone).
     present: Vec<bool>,
     body: Body,
     /// Bytes held in memory for it.
@@ -423,9 +517,8 @@ enum Body {
     /// Uncompressed output: the pieces' bytes, written when it is the
     /// task's turn.
     Raw(Vec<Option<Vec<u8>>>),
-    /// Compressed by the worker that fetched the task: the pieces that
-    /// continue a file started earlier ([`continued_pieces`]; dropped if
-    /// that file was left out) and the rest, each as a segment.
+    /// The pieces that continue a file started earlier ([`continued_pieces`];
+    /// dropped if that file was left out) and the rest, each a segment.
     Compressed {
         continued: Option<Segment>,
         rest: Option<Segment>,
@@ -691,14 +784,29 @@ impl TarWriter {
         }
     }
 
-    /// Hand in task `index` of the plan with the bytes of its pieces, in
-    /// piece order (`None`: the file was gone). Any thread, any order; a
-    /// compressed archive's bytes are compressed here, by the calling
-    /// thread, before the task joins the queue. The task is written when
-    /// every task before it has been, by this thread if it is the one that
-    /// unblocks the head. `files` is the plan's file list, the same in every
-    /// call. An error means the archive is broken: every later call fails
-    /// too.
+    /// An empty share of a task for this archive, to fill on the worker.
+    pub fn task(&self) -> TaskParts {
+        let body = match self.compression {
+            TarCompression::None => PartsBody::Raw(Vec::new()),
+            compression => PartsBody::Compressed {
+                compression,
+                current: None,
+                continued: None,
+                omitted: BTreeSet::new(),
+            },
+        };
+        TaskParts {
+            pieces: Vec::new(),
+            present: Vec::new(),
+            file_mode: self.file_mode,
+            body,
+        }
+    }
+
+    /// Task `index` of the plan, with the bytes of its pieces, in piece
+    /// order (`None`: the file was gone): [`task`](Self::task) and
+    /// [`complete`](Self::complete) in one call.
+    #[cfg(test)]
     pub fn complete_task(
         &self,
         index: usize,
@@ -712,47 +820,23 @@ impl TarWriter {
             task.pieces.len(),
             data.len()
         );
-        if let Some(p) = task.pieces.iter().find(|p| p.file >= files.len()) {
-            self.fail(format!(
-                "task {index} names file #{}, not in the plan",
-                p.file
-            ));
-            bail!("task {index} names file #{}, not in the plan", p.file);
+        let mut parts = self.task();
+        for (piece, data) in task.pieces.iter().zip(&data) {
+            parts.add(*piece, data.as_deref(), files)?;
         }
-        let present = data.iter().map(Option::is_some).collect();
-        let (body, bytes) = match self.compression {
-            TarCompression::None => {
-                let bytes = data.iter().flatten().map(|d| d.len() as u64).sum();
-                (Body::Raw(data), bytes)
-            }
-            compression => {
-                let split = continued_pieces(&task.pieces);
-                let segment = |range: std::ops::Range<usize>| {
-                    (!range.is_empty())
-                        .then(|| {
-                            tar_compress::compress(compression, |w| {
-                                write_pieces(
-                                    w,
-                                    &task.pieces[range.clone()],
-                                    &data[range.clone()],
-                                    files,
-                                    self.file_mode,
-                                )
-                            })
-                        })
-                        .transpose()
-                };
-                let compressed = segment(0..split)
-                    .and_then(|continued| Ok((continued, segment(split..task.pieces.len())?)));
-                let (continued, rest) = compressed.inspect_err(|e| self.fail(format!("{e:#}")))?;
-                let bytes = [&continued, &rest]
-                    .into_iter()
-                    .flatten()
-                    .map(|s| s.bytes.len() as u64)
-                    .sum();
-                (Body::Compressed { continued, rest }, bytes)
-            }
-        };
+        self.complete(index, parts, files)
+    }
+
+    /// Hand in task `index` of the plan. Any thread, any order; the task is
+    /// written when every task before it has been, by this thread if it is
+    /// the one that unblocks the head. `files` is the plan's file list, the
+    /// same in every call. An error means the archive is broken: every later
+    /// call fails too.
+    pub fn complete(&self, index: usize, parts: TaskParts, files: &[FileEntry]) -> Result<()> {
+        let done = parts
+            .finish()
+            .inspect_err(|e| self.fail(format!("{e:#}")))?;
+        let bytes = done.bytes;
         let mut st = self.lock();
         self.check(&st)?;
         ensure!(
@@ -762,15 +846,7 @@ impl TarWriter {
         if index == st.head && st.emitter.is_none() {
             bail!("task {index} was handed to the tar output twice");
         }
-        st.pending.insert(
-            index,
-            Done {
-                pieces: task.pieces.clone(),
-                present,
-                body,
-                bytes,
-            },
-        );
+        st.pending.insert(index, done);
         st.buffered += bytes;
         st.peak_buffered = st.peak_buffered.max(st.buffered);
         if index != st.head {
@@ -887,13 +963,19 @@ impl TarWriter {
         let first = if continued_omitted { split } else { 0 };
         match &done.body {
             Body::Raw(data) => e.run(|w| {
-                write_pieces(
-                    w,
-                    &done.pieces[first..],
-                    &data[first..],
-                    files,
-                    self.file_mode,
-                )
+                let mut omitted = BTreeSet::new();
+                for (piece, data) in done.pieces.iter().zip(data).skip(first) {
+                    let file = &files[piece.file];
+                    write_piece(
+                        w,
+                        piece,
+                        data.as_deref(),
+                        file,
+                        self.file_mode,
+                        &mut omitted,
+                    )?;
+                }
+                Ok(())
             }),
             Body::Compressed { continued, rest } => {
                 let continued = continued.as_ref().filter(|_| !continued_omitted);

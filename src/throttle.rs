@@ -32,11 +32,16 @@ impl Throttle {
         start - now
     }
 
-    /// Block until `bytes` may be transferred within the rate.
+    /// Block until `bytes` may be transferred within the rate, or a signal
+    /// arrives (the request then fails on its own, see `interrupt.rs`).
     pub fn acquire(&self, bytes: u64) {
-        let wait = self.reserve(bytes, Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+        let end = Instant::now() + self.reserve(bytes, Instant::now());
+        while !crate::interrupt::signalled() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 }

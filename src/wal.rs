@@ -182,6 +182,10 @@ impl<'a> WalFollower<'a> {
     ) -> Result<()> {
         let name = segment_name(tli, segno, self.info.wal_segment_size);
         debug!("WAL {name}: bytes {from}..{to}");
+        if !self.have.contains_key(&(tli, segno)) {
+            // Whole, never sparse: the copy must not run out of disk later.
+            dest.allocate(&format!("pg_wal/{name}"), self.info.wal_segment_size)?;
+        }
         let got = self.fetch(
             dest,
             &name,

@@ -517,3 +517,74 @@ fn clean_ends_a_left_over_exclusive_backup() {
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean"));
 }
+
+/// Every WAL segment in `pg_wal` is 16 MB with every block allocated (as
+/// PostgreSQL zero-fills them), so the copy cannot run out of disk once it
+/// runs; returns how many there are.
+fn assert_segments_allocated(pg_wal: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut segments = 0;
+    for entry in std::fs::read_dir(pg_wal).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.len() != 24 {
+            continue;
+        }
+        let meta = entry.metadata().unwrap();
+        assert_eq!(meta.len(), 16 << 20, "{name}");
+        assert!(
+            meta.blocks() * 512 >= meta.len(),
+            "{name} has holes: {} of {} bytes allocated",
+            meta.blocks() * 512,
+            meta.len()
+        );
+        segments += 1;
+    }
+    segments
+}
+
+#[test]
+fn every_wal_segment_of_a_copy_is_fully_allocated() {
+    let src = Cluster::start(VERSION);
+    src.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g");
+    let scratch = scratch_dir();
+    let dsn = src.dsn();
+
+    let plain = scratch.path().join("plain");
+    assert_ok(&run(&["-x", "-c", "fast", &dsn, plain.to_str().unwrap()]));
+    assert!(assert_segments_allocated(&plain.join("pg_wal")) >= 1);
+
+    let tar = scratch.path().join("tar");
+    assert_ok(&run(&[
+        "-x",
+        "-c",
+        "fast",
+        "-F",
+        "t",
+        &dsn,
+        tar.to_str().unwrap(),
+    ]));
+    let extracted = scratch.path().join("extracted");
+    std::fs::create_dir(&extracted).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(tar.join("pg_wal.tar"))
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(assert_segments_allocated(&extracted) >= 1);
+
+    // The -S -x feed of a standby's pg_wal (standard input at its end: one
+    // round, exit 0).
+    let feed = scratch.path().join("feed");
+    let out = tool()
+        .args(["-S", "-x", &dsn, feed.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(assert_segments_allocated(&feed.join("pg_wal")) >= 1);
+    Cluster::start_on_copy(&plain, VERSION);
+}

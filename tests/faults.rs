@@ -561,3 +561,391 @@ fn the_wal_follower_stops_on_sigterm() {
     );
     src.assert_no_leftovers();
 }
+
+/// Wait for the child to exit (killing it and failing after 60 s): its
+/// exit code, its stderr, and how long it took.
+fn wait_exit(mut child: Child) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 60 s after the signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (status.code(), stderr, took)
+}
+
+#[test]
+fn sigterm_ends_a_connection_to_a_silent_server_without_connect_timeout() {
+    let (port, _holder) = silent_server();
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    for sslmode in ["disable", "prefer"] {
+        let dsn = format!("host=127.0.0.1 port={port} user=postgres sslmode={sslmode}");
+        let child = spawn(&[&dsn, dest.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            Command::new("kill")
+                .args(["-0", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success(),
+            "{sslmode}: still waiting for the server"
+        );
+        send_signal(&child, "TERM");
+        let (code, stderr, took) = wait_exit(child);
+        assert_eq!(code, Some(130), "{sslmode}: {stderr}");
+        assert!(took < Duration::from_secs(5), "{sslmode}: took {took:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{sslmode}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{sslmode}: {stderr}");
+        assert!(!dest.exists(), "{sslmode}");
+    }
+}
+
+/// Return once the workers copy into DEST (laid out once the backup has
+/// started and the plan is made).
+fn wait_for_copying(dest: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dest.join("base").exists() {
+        assert!(Instant::now() < deadline, "the copy did not begin");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Resumes a stopped backend however the test ends.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: String) -> Stopped {
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[test]
+fn sigint_ends_a_backup_whose_worker_backend_hangs() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
+    wait_for_copying(&dest);
+    let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let stopped = Stopped::new(pid);
+    // Let the worker block on the stopped backend.
+    std::thread::sleep(Duration::from_secs(2));
+    send_signal(&child, "INT");
+    let (code, stderr, took) = wait_exit(child);
+    eprintln!("took {took:?}: {stderr}");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!dest.exists(), "the partial copy is removed");
+    drop(stopped);
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn a_server_restart_mid_backup_fails_it_at_once() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "5M");
+    wait_for_copying(&dest);
+    let restarted = Instant::now();
+    let (code, stderr, _) = std::thread::scope(|s| {
+        s.spawn(|| {
+            src.stop_fast();
+            src.restart();
+        });
+        wait_exit(child)
+    });
+    let took = restarted.elapsed();
+    eprintln!("{stderr}");
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pg_basebackup: error: the control session was lost")
+            && last.contains("restarted"),
+        "{stderr}"
+    );
+    assert!(!dest.exists(), "the partial copy is removed");
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn dest_in_the_wal_directory_or_a_tablespace_of_the_server_is_refused() {
+    let scratch = scratch_dir();
+    let wal = scratch.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    common::chown_postgres(&wal);
+    let src = common::ClusterOptions::new(15)
+        .initdb_arg(&format!("--waldir={}", wal.display()))
+        .start();
+    let ts = scratch.path().join("ts");
+    std::fs::create_dir(&ts).unwrap();
+    common::chown_postgres(&ts);
+    src.psql(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()));
+    let listing = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let wal_before = listing(&wal);
+    let dsn = src.dsn();
+    let copy = scratch.path().join("copy");
+    let mapping = format!("{}={}", ts.display(), wal.join("ts-copy").display());
+    let cases: Vec<(Vec<String>, &Path, &str)> = vec![
+        (
+            vec![dsn.clone(), wal.join("copy").display().to_string()],
+            &wal,
+            "WAL directory",
+        ),
+        (
+            vec!["-f".into(), dsn.clone(), wal.display().to_string()],
+            &wal,
+            "WAL directory",
+        ),
+        (
+            vec![dsn.clone(), ts.join("copy").display().to_string()],
+            &ts,
+            "tablespace directory",
+        ),
+        (
+            vec![
+                "-T".into(),
+                mapping,
+                dsn.clone(),
+                copy.display().to_string(),
+            ],
+            &wal,
+            "WAL directory",
+        ),
+    ];
+    for (args, inside, what) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains(inside.to_str().unwrap()),
+            "{args:?}: {stderr}"
+        );
+        assert!(!copy.exists() && !wal.join("copy").exists() && !ts.join("copy").exists());
+    }
+    assert_eq!(
+        listing(&wal),
+        wal_before,
+        "the live WAL directory is untouched"
+    );
+    src.psql("SELECT 1");
+    src.assert_no_leftovers();
+}
+
+/// A TCP server on 127.0.0.1 that answers whatever it is sent with an HTTP
+/// error and closes, as a web server on the wrong port does.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            use std::io::Write;
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn errors_are_one_line_and_a_server_hint_a_second() {
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let d = dest.to_str().unwrap();
+
+    // A command-line mistake, as PostgreSQL's tools report one.
+    let out = run(&["--frobnicate", "host=/tmp", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "pg_basebackup: error: unexpected argument '--frobnicate' found\n\
+         pg_basebackup: hint: Try \"pg_basebackup --help\" for more information.\n"
+    );
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "pg_basebackup: error: the following required arguments were not provided: <DSN> <DEST>\n"
+        ) && stderr.lines().count() == 2,
+        "{stderr}"
+    );
+
+    // Not a PostgreSQL server at all.
+    let port = http_server();
+    for sslmode in ["disable", "prefer"] {
+        let out = run(&[
+            &format!("host=127.0.0.1 port={port} user=postgres sslmode={sslmode}"),
+            d,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("pg_basebackup: error: ")
+                && stderr.contains("received an invalid response")
+                && stderr.contains("is this a PostgreSQL server?"),
+            "{stderr}"
+        );
+    }
+
+    // The server's HINT goes on a line of its own.
+    let src = common::ClusterOptions::new(15)
+        .conf("wal_level = minimal")
+        .conf("max_wal_senders = 0")
+        .start();
+    let out = run(&[&src.dsn(), d]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let n = lines.len();
+    assert!(n >= 2, "{stderr}");
+    assert!(
+        lines[n - 2].starts_with("pg_basebackup: error: ")
+            && lines[n - 2].contains("ERROR: WAL level not sufficient")
+            && !lines[n - 2].contains("HINT")
+            && !lines[n - 2].contains("db error"),
+        "{stderr}"
+    );
+    assert!(
+        lines[n - 1].starts_with("pg_basebackup: hint: ") && lines[n - 1].contains("wal_level"),
+        "{stderr}"
+    );
+    assert!(!dest.exists());
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn the_wal_follower_under_cron_copies_once_and_sigint_stops_it_with_0() {
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("feed");
+    let segment = src.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // Cron: standard input at its end. One round of copying, exit 0.
+    let out = tool()
+        .args(["-S", "-x", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dest.join("pg_wal").join(&segment).is_file());
+    src.assert_no_leftovers();
+
+    // Standard input open: it runs until told; SIGINT is a requested stop.
+    let mut child = tool()
+        .args(["-S", "-x", "-D", "0.2", &src.dsn(), dest.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _keep_stdin_open = child.stdin.take().unwrap();
+    wait_for_session(&src, "pg_basebackup wal", "%");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(child.try_wait().unwrap().is_none(), "it keeps following");
+    send_signal(&child, "INT");
+    let (code, stderr, took) = wait_exit(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn a_disk_that_cannot_hold_the_wal_segments_fails_with_exit_5() {
+    // Each WAL segment of the copy is allocated in full (16 MB) when it is
+    // created; a 12 MB file size limit stands for a disk without room for
+    // one, while every data file of a fresh cluster fits.
+    let src = Cluster::start(15);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let mut cmd = tool();
+    cmd.args(["-x", "-c", "fast", &src.dsn(), dest.to_str().unwrap()]);
+    const LIMIT: libc::rlim_t = 12 << 20;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (code, stderr) = failed_run(cmd, &dest);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("pg_wal/0000") && stderr.contains("File too large"),
+        "the segment and the reason are named: {stderr}"
+    );
+    src.assert_no_leftovers();
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (src, _scratch, dest, child) = start_slow_backup(&["-x"], "4M");
+    wait_for_copying(&dest);
+    let pid = wait_for_session(&src, "pg_basebackup worker", "%pg_read_binary_file%");
+    let stopped = Stopped::new(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    send_signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        Command::new("kill")
+            .args(["-0", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success(),
+        "the first signal waits for the blocked worker a moment"
+    );
+    send_signal(&child, "TERM");
+    let (code, stderr, took) = wait_exit(child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(1), "took {took:?}: {stderr}");
+    assert!(stderr.contains("interrupted again"), "{stderr}");
+    drop(stopped);
+    // The process is gone, and its sessions with it.
+    src.assert_no_leftovers();
+}

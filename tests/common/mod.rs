@@ -779,6 +779,22 @@ impl Cluster {
             .output();
     }
 
+    /// Stop the server as `pg_ctl restart -m fast` does before it starts
+    /// it again: sessions get a FATAL, a shutdown checkpoint.
+    pub fn stop_fast(&self) {
+        let out = server_cmd(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop -m fast: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Start a stopped server again, on the same port and socket; returns
     /// once it accepts writes.
     pub fn restart(&self) {

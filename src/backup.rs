@@ -7,6 +7,8 @@
 //! tablespace_map come from the stop call; global/pg_control is written
 //! last, so a copy that was cut short can never start.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -16,6 +18,7 @@ use log::{info, warn};
 use postgres::Client;
 
 use crate::abort::Abort;
+use crate::archive;
 use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
@@ -24,11 +27,14 @@ use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
+use crate::odd_names;
 use crate::output::{AUTO_CONF, Output, TarOutput};
+use crate::pg_control;
 use crate::plan;
 use crate::progress::{Progress, Summary};
 use crate::reader::Reader;
 use crate::server::{self, ServerInfo, Tablespace};
+use crate::standby;
 use crate::wal::WalFollower;
 use crate::watchdog;
 use crate::{bail_with, wal};
@@ -38,6 +44,7 @@ use crate::{bail_with, wal};
 const APPLICATION_NAME: &str = "pg_basebackup";
 const WORKER_NAME: &str = "pg_basebackup worker";
 const WAL_NAME: &str = "pg_basebackup wal";
+const WATCH_NAME: &str = "pg_basebackup watch";
 
 /// Run the mode the settings ask for.
 pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
@@ -182,7 +189,7 @@ struct Finished {
 }
 
 /// The manifest checksum of bytes we hold in memory (backup_label, ...).
-fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
+pub(crate) fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
     let sum = FileChecksum::new(alg, bytes.len() as u64);
     sum.update(0, bytes)?;
     sum.finish()
@@ -210,7 +217,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     }
     server::check_free_connections(
         &mut control,
-        settings.jobs as u32 + u32::from(settings.fetch_wal),
+        settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
     let mut readers = open_readers(spec, settings, settings.jobs)?;
     info!(
@@ -243,6 +250,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
     };
     let slot_obstacle = server::slot_obstacle(aux)?;
+    let archive_mode = server::archive_mode(aux)?;
+    archive::announce(settings.fetch_wal, &archive_mode, info.in_recovery);
 
     let mut delta = None;
     let mut out: Box<dyn Output> = match (settings.tar, earlier) {
@@ -262,6 +271,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         abort,
         tablespaces: &tablespaces,
         targets: &targets,
+        wait_for_archive: archive::stop_waits(settings.fetch_wal, &archive_mode, info.in_recovery),
     };
     let result = backup_into(
         &run,
@@ -300,12 +310,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
                 options.wire_bytes.load(Ordering::Relaxed),
                 options.data_bytes.load(Ordering::Relaxed)
             );
-            if !settings.fetch_wal {
-                warn!(
-                    "the copy holds no WAL (-x not given): starting it needs a WAL archive, \
-                     with a restore_command that fetches the WAL written during the backup"
-                );
-            }
+            archive::warn_no_wal(settings.fetch_wal, &archive_mode, info.in_recovery);
             out.announce(done.manifest_written);
             if !done.page_failures.is_empty() {
                 bail_with!(
@@ -349,6 +354,9 @@ struct Run<'a> {
     tablespaces: &'a [Tablespace],
     /// Where each linked tablespace is written: (oid, directory).
     targets: &'a [(u32, PathBuf)],
+    /// Whether the backup stop waits until the server has archived the WAL
+    /// the copy needs (without -x, where the server archives).
+    wait_for_archive: bool,
 }
 
 fn backup_into(
@@ -367,6 +375,7 @@ fn backup_into(
         abort,
         tablespaces,
         targets,
+        wait_for_archive,
     } = *run;
     match slot_obstacle {
         Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
@@ -382,6 +391,17 @@ fn backup_into(
             }
         }
     }
+    let promotion_watch = if info.in_recovery {
+        info!(
+            "the source is a standby: the backup ends at its minimum recovery point, \
+             and fails if it is promoted meanwhile"
+        );
+        let mut client = spec.connect(WATCH_NAME)?;
+        server::disable_timeouts(&mut client)?;
+        Some(client)
+    } else {
+        None
+    };
     // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
     let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
     info!("backup started at {}", server::format_lsn(start_lsn));
@@ -444,6 +464,15 @@ fn backup_into(
         )
     });
     let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+        let promotion = promotion_watch.map(|client| {
+            let wal_done = &wal_done;
+            std::thread::Builder::new()
+                .name("watch promotion".into())
+                .spawn_scoped(s, move || {
+                    standby::watch_for_promotion(client, abort, wal_done)
+                })
+                .expect("spawn the standby promotion watch")
+        });
         // The backup lives in the control session: losing it ends the copy.
         let watch = watchdog::watch(s, control, abort);
         let wal_dest = out.wal_dest();
@@ -478,30 +507,79 @@ fn backup_into(
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
             .transpose();
-        // A failed WAL thread is what stopped the copy: its error comes first.
-        watch.verdict(follower.and_then(|follower| {
-            copied.map(|(copied, readers_back)| (copied, readers_back, follower))
+        let promoted = promotion
+            .map(|t| t.join().expect("the standby promotion watch panicked"))
+            .transpose();
+        // A promotion or a failed WAL thread is what stopped the copy: its
+        // error comes first.
+        watch.verdict(promoted.and_then(|_| {
+            follower.and_then(|follower| {
+                copied.map(|(copied, readers_back)| (copied, readers_back, follower))
+            })
         }))
     })?;
     readers = readers_back;
+    let odd_files = odd_names::copy(
+        readers[0].client(),
+        &plan.odd,
+        out,
+        settings.chunk_size,
+        manifest_alg,
+    )?;
 
     // global/pg_control: read after every other file, written after the label.
     let pg_control = match plan.pg_control {
-        Some(i) => Some(read_whole(
-            &mut readers[0],
-            &plan.files[i].path,
-            plan.files[i].size,
-        )?),
+        Some(i) => Some(pg_control::read_consistent(info.major(), || {
+            read_whole(&mut readers[0], &plan.files[i].path, plan.files[i].size)
+        })?),
         None => None,
     };
     progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
-    let stop = server::stop_backup(control, info)?;
-    info!("backup stopped at {}", server::format_lsn(stop.lsn));
+    if wait_for_archive {
+        info!(
+            "stopping the backup: waiting for the server to archive the WAL the copy needs{}",
+            if info.in_recovery {
+                " (a standby archives a segment once it has received all of it: \
+                 this lasts until the primary fills or switches it, pg_switch_wal())"
+            } else {
+                ""
+            }
+        );
+    }
+    // Waiting for the archiver can take long: a signal cancels it (interrupt.rs).
+    let stop = server::stop_backup(control, info, wait_for_archive)?;
+    info!(
+        "backup stopped at {}{}",
+        server::format_lsn(stop.lsn),
+        if info.in_recovery {
+            " (the standby's minimum recovery point)"
+        } else {
+            ""
+        }
+    );
+    if wait_for_archive {
+        info!(
+            "the server has archived the WAL the copy needs, through segment {}",
+            wal::segment_name(
+                timeline,
+                (stop.lsn - 1) / info.wal_segment_size,
+                info.wal_segment_size
+            )
+        );
+    }
     let (mut wal_bytes, mut wal_segments) = (0, 0);
+    // Without -x the copy's WAL comes from elsewhere; its range is the
+    // start timeline's.
+    let mut wal_ranges = vec![WalRange {
+        timeline,
+        start_lsn,
+        end_lsn: stop.lsn,
+    }];
     if let Some(mut f) = follower {
         let dest = out.wal_dest().context("no directory for the WAL")?;
         f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
         (wal_bytes, wal_segments) = (progress.wal_bytes(), f.segments_copied());
+        wal_ranges = f.wal_ranges(stop.lsn);
     }
     progress.finish();
     for &i in &copied.vanished {
@@ -534,6 +612,9 @@ fn backup_into(
                 );
             }
         }
+        for f in odd_files {
+            manifest.add_file(&f.path, f.size, f.mtime, f.checksum);
+        }
         let mut in_memory = vec![("backup_label", stop.label_file.as_bytes(), now)];
         if !tablespace_map.is_empty() {
             in_memory.push(("tablespace_map", tablespace_map.as_bytes(), now));
@@ -549,12 +630,7 @@ fn backup_into(
                 checksum_of(alg, bytes)?,
             );
         }
-        let wal = WalRange {
-            timeline,
-            start_lsn,
-            end_lsn: stop.lsn,
-        };
-        out.put_manifest(manifest.finish(&[wal])?)?;
+        out.put_manifest(manifest.finish(&wal_ranges)?)?;
     }
     if settings.write_recovery_conf {
         write_recovery_conf(out, spec, info, now)?;
@@ -665,11 +741,23 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
         progress: &progress,
         delta: None,
     };
-    let (copied, _) = copy::copy_files(
+    let (copied, mut readers) = copy::copy_files(
         readers,
         &job,
         &|| open_reader(spec, settings, WORKER_NAME),
         abort,
+    )?;
+    dest.create_dirs(
+        plan.odd
+            .iter()
+            .filter_map(|o| Path::new(OsStr::from_bytes(&o.path)).parent()),
+    )?;
+    let odd = odd_names::copy(
+        readers[0].client(),
+        &plan.odd,
+        &dest,
+        settings.chunk_size,
+        None,
     )?;
     progress.finish();
     for &i in &copied.vanished {
@@ -680,7 +768,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     }
     info!(
         "copied {} files, {} MB",
-        plan.files.len() - copied.vanished.len(),
+        plan.files.len() - copied.vanished.len() + odd.len(),
         copied.bytes >> 20
     );
     Ok(())

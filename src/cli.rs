@@ -224,8 +224,9 @@ pub struct Settings {
     pub force: bool,
     pub jobs: usize,
     pub wal_poll: std::time::Duration,
-    /// Paths read from stdin (with --stdin), validated as relative.
-    pub only_paths: Option<Vec<String>>,
+    /// Paths read from stdin (with --stdin), validated as relative; bytes,
+    /// as file names need not be valid UTF-8.
+    pub only_paths: Option<Vec<Vec<u8>>>,
     pub chunk_size: u64,
     pub keep_partial: bool,
     pub sync: bool,
@@ -309,7 +310,7 @@ impl Args {
     /// is called only with --stdin, so tests can feed it.
     pub fn into_settings(
         self,
-        stdin_lines: impl FnOnce() -> std::io::Result<Vec<String>>,
+        stdin_lines: impl FnOnce() -> std::io::Result<Vec<Vec<u8>>>,
     ) -> Result<Settings> {
         if self.jobs < 1 {
             bail_with!(
@@ -365,8 +366,9 @@ impl Args {
                 ))
             })?;
             let mut paths = Vec::new();
-            for line in lines {
-                let line = line.trim_end_matches(['\r', '\n']);
+            for line in &lines {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
                 if line.is_empty() {
                     continue;
                 }
@@ -496,9 +498,10 @@ mod tests {
         argv.extend_from_slice(args);
         Args::try_parse_from(argv)?.into_settings(|| {
             Ok(vec![
-                "base/1/1259".into(),
-                "".into(),
-                "./global/pg_control".into(),
+                b"base/1/1259".to_vec(),
+                b"\r".to_vec(),
+                b"./global/pg_control\n".to_vec(),
+                b"FOO\xe0\xe0\xe0BAR\r\n".to_vec(),
             ])
         })
     }
@@ -525,7 +528,14 @@ mod tests {
         ));
         let s = settings(&["-S", "--stdin", "dsn", "d"]).unwrap();
         assert!(matches!(s.mode, Mode::AuxiliaryCopy));
-        assert_eq!(s.only_paths.unwrap(), ["base/1/1259", "global/pg_control"]);
+        assert_eq!(
+            s.only_paths.unwrap(),
+            [
+                &b"base/1/1259"[..],
+                b"global/pg_control",
+                b"FOO\xe0\xe0\xe0BAR"
+            ]
+        );
         assert!(matches!(
             settings(&["--clean", "dsn"]).unwrap().mode,
             Mode::Clean

@@ -6,6 +6,7 @@
 //! cannot leave DEST (tablespace links, which we create ourselves, are the
 //! one intended way out).
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -227,9 +228,10 @@ impl Dest {
     }
 
     /// Create directories and any missing parents (existing ones are fine).
-    pub fn create_dirs<'a>(&self, dirs: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    /// The paths need not be valid UTF-8.
+    pub fn create_dirs<P: AsRef<OsStr>>(&self, dirs: impl IntoIterator<Item = P>) -> Result<()> {
         for d in dirs {
-            let p = self.path(d);
+            let p = self.root.join(d.as_ref());
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(self.dir_mode)
@@ -359,8 +361,9 @@ impl Dest {
     }
 
     /// Write a whole small file (backup_label, tablespace_map) and fsync it.
-    pub fn write_file(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let p = self.path(rel);
+    /// Its path need not be valid UTF-8.
+    pub fn write_file(&self, rel: impl AsRef<OsStr>, data: &[u8]) -> Result<()> {
+        let p = self.root.join(rel.as_ref());
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)

@@ -2,6 +2,7 @@
 //! ordinary SQL connections, in parallel. See README.md.
 
 mod abort;
+mod archive;
 mod backup;
 mod cli;
 mod conn;
@@ -12,20 +13,24 @@ mod error;
 mod integrity;
 mod interrupt;
 mod manifest;
+mod odd_names;
 mod output;
 mod pagecheck;
 mod paths;
+mod pg_control;
 mod plan;
 mod progress;
 mod reader;
 mod server;
+mod standby;
 mod tar_compress;
 mod tar_out;
 mod throttle;
+mod timeline;
 mod wal;
 mod watchdog;
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 
 fn main() {
     keep_chunk_buffers();
@@ -38,7 +43,7 @@ fn main() {
     let args = cli::parse();
     init_logging(args.verbose, args.debug);
     let result = args
-        .into_settings(|| std::io::stdin().lines().collect())
+        .into_settings(|| std::io::stdin().lock().split(b'\n').collect())
         .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
         // Whatever failed after a signal failed because of it.

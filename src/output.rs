@@ -25,7 +25,9 @@
 //! private temporary directory for standard output) that is packed into the
 //! output after the backup stops and then removed.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -62,7 +64,14 @@ pub trait Output {
     /// Move the WAL the follower fetched into the output.
     fn pack_wal(&mut self) -> Result<()>;
     /// A whole file we hold in memory (backup_label, pg_control, ...).
-    fn put_file(&self, rel: &str, data: &[u8], mtime: i64) -> Result<()>;
+    fn put_file(&self, rel: &str, data: &[u8], mtime: i64) -> Result<()> {
+        self.put_raw_file(rel.as_bytes(), data, mtime)
+    }
+    /// [`put_file`](Self::put_file) for a path that need not be valid UTF-8
+    /// (a name the server listed as bytes, see [`plan::OddEntry`]).
+    fn put_raw_file(&self, rel: &[u8], data: &[u8], mtime: i64) -> Result<()>;
+    /// A directory whose path need not be valid UTF-8 (its parent exists).
+    fn put_raw_dir(&self, rel: &[u8], mtime: i64) -> Result<()>;
     /// The copied contents of `rel` (empty when it was not copied); for a
     /// tar only the file held back for -R ([`AUTO_CONF`]).
     fn copied_file(&self, rel: &str) -> Vec<u8>;
@@ -137,8 +146,12 @@ impl Output for Dest {
         Ok(())
     }
 
-    fn put_file(&self, rel: &str, data: &[u8], _mtime: i64) -> Result<()> {
-        self.write_file(rel, data)
+    fn put_raw_file(&self, rel: &[u8], data: &[u8], _mtime: i64) -> Result<()> {
+        self.write_file(OsStr::from_bytes(rel), data)
+    }
+
+    fn put_raw_dir(&self, rel: &[u8], _mtime: i64) -> Result<()> {
+        self.create_dirs([OsStr::from_bytes(rel)])
     }
 
     fn copied_file(&self, rel: &str) -> Vec<u8> {
@@ -333,6 +346,21 @@ impl TarOutput {
             file_mode,
             sync: settings.sync,
         })
+    }
+
+    /// The archive a path given as bytes belongs in (a tablespace's own,
+    /// or base.tar), and the path within it.
+    fn archive_of_raw<'p>(&self, rel: &'p [u8]) -> Result<(&TarWriter, &'p [u8])> {
+        for archive in &self.archives[1..] {
+            if let Some(rest) = archive
+                .prefix
+                .as_ref()
+                .and_then(|p| rel.strip_prefix(p.as_bytes()))
+            {
+                return Ok((archive.writer.as_ref().context("no tar writer")?, rest));
+            }
+        }
+        Ok((self.base()?, rel))
     }
 
     fn base(&self) -> Result<&TarWriter> {
@@ -549,8 +577,14 @@ impl Output for TarOutput {
         self.wal_scratch.take().map_or(Ok(()), remove_scratch)
     }
 
-    fn put_file(&self, rel: &str, data: &[u8], mtime: i64) -> Result<()> {
-        self.base()?.add_file(rel, data, mtime)
+    fn put_raw_file(&self, rel: &[u8], data: &[u8], mtime: i64) -> Result<()> {
+        let (writer, rel) = self.archive_of_raw(rel)?;
+        writer.add_file(rel, data, mtime)
+    }
+
+    fn put_raw_dir(&self, rel: &[u8], mtime: i64) -> Result<()> {
+        let (writer, rel) = self.archive_of_raw(rel)?;
+        writer.add_dir(rel, mtime)
     }
 
     fn copied_file(&self, rel: &str) -> Vec<u8> {

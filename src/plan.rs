@@ -97,6 +97,20 @@ pub struct FileEntry {
     pub mtime: i64,
 }
 
+/// A file or directory whose path is not valid UTF-8 (a name in Latin-1,
+/// say). The server cannot be sent such a name, so these are read apart
+/// from the tasks, by a slower request that names them server-side
+/// ([`crate::odd_names`]); everything else keeps its `String` path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OddEntry {
+    /// Relative to DEST, as the server spelled it.
+    pub path: Vec<u8>,
+    pub is_dir: bool,
+    /// Size at listing time, as for [`FileEntry`].
+    pub size: u64,
+    pub mtime: i64,
+}
+
 /// One byte range of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
@@ -130,6 +144,9 @@ pub struct Plan {
     pub pg_control: Option<usize>,
     /// Entries the listing had that we did not copy, for -d output.
     pub skipped: Vec<String>,
+    /// Files and directories whose paths are not valid UTF-8, parents
+    /// first; not in `files`, `dirs` or `tasks`.
+    pub odd: Vec<OddEntry>,
 }
 
 impl Plan {
@@ -245,13 +262,15 @@ fn place(path: &str, tablespace_dirs: &BTreeMap<String, String>) -> Placement {
     Placement::Copy(path.to_string())
 }
 
-/// Build the plan from one listing. Paths that are not valid UTF-8 or not
-/// safe relative paths are an error: we will not guess where they go.
+/// Build the plan from one listing. Paths that are not safe relative paths
+/// are an error: we will not guess where they go. Paths that are not valid
+/// UTF-8 go to `odd`, after the same rules (which match ASCII names only, so
+/// they decide alike on the path with its invalid bytes replaced).
 pub fn build(
     listing: &[ListedEntry],
     tablespaces: &[Tablespace],
     tablespace_version_dir: &str,
-    only_paths: Option<&[String]>,
+    only_paths: Option<&[Vec<u8>]>,
     chunk_size: u64,
 ) -> Result<Plan, String> {
     // Only linked tablespaces are special; in-place ones (a plain directory
@@ -262,23 +281,25 @@ pub fn build(
         .map(|t| (t.oid.to_string(), tablespace_version_dir.to_string()))
         .collect();
 
+    // (path the rules judge, raw path when it is not UTF-8, entry)
     let mut entries = Vec::with_capacity(listing.len());
     for e in listing {
-        let raw = String::from_utf8(e.path.clone()).map_err(|_| {
-            format!(
-                "the server listed a file name that is not valid UTF-8: {:?}",
-                String::from_utf8_lossy(&e.path)
-            )
-        })?;
-        let path = normalize_relative(&raw)
+        let raw = normalize_relative(&e.path)
             .map_err(|err| format!("the server listed an unsafe path: {err}"))?;
-        entries.push((path, e));
+        let (path, odd) = match String::from_utf8(raw) {
+            Ok(path) => (path, None),
+            Err(e) => (
+                String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                Some(e.into_bytes()),
+            ),
+        };
+        entries.push((path, odd, e));
     }
 
     let init_forks: HashSet<(String, String)> = entries
         .iter()
-        .filter(|(_, e)| !e.is_dir)
-        .filter_map(|(path, _)| {
+        .filter(|(_, odd, e)| !e.is_dir && odd.is_none())
+        .filter_map(|(path, _, _)| {
             let (dir, name) = path.rsplit_once('/')?;
             let node = name.strip_suffix("_init")?;
             (is_relation_dir(dir) && node.bytes().all(|b| b.is_ascii_digit()))
@@ -286,9 +307,9 @@ pub fn build(
         })
         .collect();
 
-    let wanted: Option<HashSet<&str>> = only_paths.map(|p| p.iter().map(String::as_str).collect());
+    let wanted: Option<HashSet<&[u8]>> = only_paths.map(|p| p.iter().map(Vec::as_slice).collect());
     let mut plan = Plan::default();
-    for (path, e) in &entries {
+    for (path, odd, e) in &entries {
         let name = file_name(path);
         let path = match place(path, &tablespace_dirs) {
             Placement::Copy(p) => p,
@@ -297,12 +318,26 @@ pub fn build(
                 continue;
             }
         };
-        if e.is_dir {
-            plan.dirs.push(path);
+        if !e.is_dir && is_skipped_file(name) {
+            plan.skipped.push(format!("{path}: excluded by name"));
             continue;
         }
-        if is_skipped_file(name) {
-            plan.skipped.push(format!("{path}: excluded by name"));
+        if let Some(raw) = odd {
+            if wanted
+                .as_ref()
+                .is_none_or(|w| !e.is_dir && w.contains(raw.as_slice()))
+            {
+                plan.odd.push(OddEntry {
+                    path: raw.clone(),
+                    is_dir: e.is_dir,
+                    size: e.size,
+                    mtime: e.mtime,
+                });
+            }
+            continue;
+        }
+        if e.is_dir {
+            plan.dirs.push(path);
             continue;
         }
         if let Some((dir, _)) = path.rsplit_once('/') {
@@ -314,7 +349,7 @@ pub fn build(
             }
         }
         if let Some(w) = &wanted {
-            if !w.contains(path.as_str()) {
+            if !w.contains(path.as_bytes()) {
                 continue;
             }
         }
@@ -325,15 +360,32 @@ pub fn build(
         });
     }
     if let Some(w) = &wanted {
-        let found: HashSet<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
+        let found: HashSet<&[u8]> = plan
+            .files
+            .iter()
+            .map(|f| f.path.as_bytes())
+            .chain(
+                plan.odd
+                    .iter()
+                    .filter(|o| !o.is_dir)
+                    .map(|o| o.path.as_slice()),
+            )
+            .collect();
         if let Some(missing) = w.iter().find(|p| !found.contains(*p)) {
             return Err(format!(
-                "--stdin names {missing:?}, which is not a file the backup copies"
+                "--stdin names {:?}, which is not a file the backup copies",
+                String::from_utf8_lossy(missing)
             ));
         }
     }
     plan.dirs
         .sort_by_key(|d| (d.matches('/').count(), d.clone()));
+    plan.odd.sort_by_key(|o| {
+        (
+            o.path.iter().filter(|&&b| b == b'/').count(),
+            o.path.clone(),
+        )
+    });
     // Biggest first, so the long reads start early and the tail is short.
     plan.files
         .sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
@@ -578,14 +630,67 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_go_apart_after_the_same_rules() {
+        let raw = |path: &[u8], is_dir| ListedEntry {
+            path: path.to_vec(),
+            is_dir,
+            size: 3,
+            mtime: 0,
+        };
+        let listing = vec![
+            file("base/1/1259", 8192),
+            raw(b"FOO\xe0\xe0\xe0BAR", false),
+            raw(b"dir\xe9", true),
+            raw(b"dir\xe9/./inner", false),
+            raw(b"pgsql_tmp\xe9", false),
+            raw(b"pg_tblspc/16400/PG_9_\xe9", true),
+            raw(b"pg_tblspc/16400/PG_15_1/\xe9", false),
+        ];
+        let ts = Tablespace {
+            oid: 16400,
+            name: "ts".into(),
+            location: "/srv/ts".into(),
+        };
+        let plan = build(&listing, &[ts], "PG_15_1", None, 8 << 20).unwrap();
+        assert_eq!(
+            copied(&plan),
+            ["base/1/1259"],
+            "the hot path keeps UTF-8 names"
+        );
+        let odd: Vec<(&[u8], bool)> = plan
+            .odd
+            .iter()
+            .map(|o| (o.path.as_slice(), o.is_dir))
+            .collect();
+        assert_eq!(
+            odd,
+            [
+                (&b"FOO\xe0\xe0\xe0BAR"[..], false),
+                (b"dir\xe9", true),
+                (b"dir\xe9/inner", false),
+                (b"pg_tblspc/16400/PG_15_1/\xe9", false),
+            ]
+        );
+        let err = build(&[raw(b"\xe9/../../x", false)], &[], "x", None, 100).unwrap_err();
+        assert!(err.contains("unsafe path"), "{err}");
+        let only = vec![b"base/1/1259".to_vec()];
+        assert!(
+            build(&listing, &[], "x", Some(&only), 100)
+                .unwrap()
+                .odd
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn stdin_selects_files_and_refuses_unknown_ones() {
         let listing = vec![file("a", 1), file("b", 2), file("postmaster.pid", 3)];
-        let only = vec!["b".to_string()];
+        let only = vec![b"b".to_vec()];
         assert_eq!(
             copied(&build(&listing, &[], "x", Some(&only), 100).unwrap()),
             ["b"]
         );
-        let only = vec!["postmaster.pid".to_string()];
+        let only = vec![b"postmaster.pid".to_vec()];
         assert!(build(&listing, &[], "x", Some(&only), 100).is_err());
     }
 

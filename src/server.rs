@@ -228,15 +228,19 @@ pub struct BackupStop {
     pub tablespace_map: String,
 }
 
-/// Stop the backup started in this session. We fetch WAL ourselves, so never
-/// wait for the archiver.
-pub fn stop_backup(client: &mut Client, info: &ServerInfo) -> Result<BackupStop> {
+/// Stop the backup started in this session; with `wait_for_archive` the
+/// server returns only once the WAL the copy needs is archived.
+pub fn stop_backup(
+    client: &mut Client,
+    info: &ServerInfo,
+    wait_for_archive: bool,
+) -> Result<BackupStop> {
     let sql = if info.version_num >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
     } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
     };
-    let row = query_one(client, sql, &[])
+    let row = query_one(client, sql, &[&wait_for_archive])
         .exit_with(Exit::Backup, || "could not stop the backup".into())?;
     Ok(BackupStop {
         lsn: parse_lsn(&row.get::<_, String>(0))?,
@@ -259,6 +263,16 @@ pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) ->
         })?;
     }
     Ok(in_backup)
+}
+
+/// The server's archive_mode: off, on or always.
+pub fn archive_mode(client: &mut Client) -> Result<String> {
+    Ok(query_one(client, "SELECT current_setting('archive_mode')", &[])?.get(0))
+}
+
+/// Whether the server is a standby (still in recovery).
+pub fn in_recovery(client: &mut Client) -> Result<bool> {
+    Ok(query_one(client, "SELECT pg_is_in_recovery()", &[])?.get(0))
 }
 
 /// The timeline the server writes WAL on now (on a standby: replays).
@@ -354,6 +368,39 @@ pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>
         .query(sql, &[&dir])
         .with_context(|| format!("could not list {dir}"))?;
     Ok(rows.iter().map(listed_entry).collect())
+}
+
+/// Read `len` bytes at `offset` of a file whose path need not be valid
+/// UTF-8, or None when it is gone. Such a path cannot be sent: the server
+/// validates every text it is sent, but not the names pg_ls_dir returns, so
+/// each component is found server-side among those of its directory by
+/// its bytes (`textsend`).
+pub fn read_by_raw_path(
+    client: &mut Client,
+    path: &[u8],
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>> {
+    let sql = "WITH RECURSIVE name(part) AS (SELECT $1::bytea[]), \
+               walk(depth, path) AS ( \
+                 SELECT 1, f FROM name, pg_ls_dir('.', true, false) AS f \
+                  WHERE textsend(f) = part[1] \
+               UNION ALL \
+                 SELECT w.depth + 1, w.path || '/' || f \
+                   FROM name, walk w, pg_ls_dir(w.path, true, false) AS f \
+                  WHERE w.depth < cardinality(part) AND textsend(f) = part[w.depth + 1] \
+               ) \
+               SELECT pg_read_binary_file(path, $2::int8, $3::int8, true) FROM name, walk \
+                WHERE depth = cardinality(part)";
+    let components: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    debug!(
+        "SQL: {sql} [{:?} @{offset}+{len}]",
+        String::from_utf8_lossy(path)
+    );
+    let rows = client
+        .query(sql, &[&components, &(offset as i64), &(len as i64)])
+        .with_context(|| format!("could not read {:?}", String::from_utf8_lossy(path)))?;
+    Ok(rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
 }
 
 /// A user tablespace: `pg_tblspc/<oid>` and where it lives on the server.

@@ -319,7 +319,7 @@ fn long_entry(w: &mut dyn Write, kind: u8, value: &[u8]) -> Result<()> {
 /// The header block(s) of one entry; `path` is already checked.
 fn header(
     w: &mut dyn Write,
-    path: &str,
+    path: &[u8],
     kind: EntryType,
     size: u64,
     mode: u32,
@@ -327,7 +327,7 @@ fn header(
     link: Option<&str>,
 ) -> Result<()> {
     let mut h = Header::new_gnu();
-    let name = path.as_bytes();
+    let name = path;
     if name.len() > NAME_LEN {
         long_entry(w, b'L', name)?;
     }
@@ -379,7 +379,7 @@ fn write_piece(
         }
         header(
             w,
-            &file.path,
+            file.path.as_bytes(),
             EntryType::Regular,
             file.size,
             file_mode,
@@ -665,10 +665,11 @@ impl TarWriter {
 
     /// A directory entry (tar header only); write directories before the
     /// files in them, as tar extractors create missing parents with default
-    /// modes.
-    pub fn add_dir(&self, path: &str, mtime: i64) -> Result<()> {
-        let path = format!("{}/", checked_path(path)?);
-        self.with_emitter(&path, |e| {
+    /// modes. Its path need not be valid UTF-8 (a name the server listed
+    /// as bytes).
+    pub fn add_dir(&self, path: impl AsRef<[u8]>, mtime: i64) -> Result<()> {
+        let path = [checked_path(path.as_ref())?, b"/"].concat();
+        self.with_emitter(&String::from_utf8_lossy(&path), |e| {
             e.run(|w| {
                 header(
                     w,
@@ -685,21 +686,23 @@ impl TarWriter {
 
     /// A symbolic link (a tablespace link `pg_tblspc/<oid>`).
     pub fn add_symlink(&self, path: &str, target: &str, mtime: i64) -> Result<()> {
-        let path = checked_path(path)?;
+        let path = checked_path(path.as_bytes())?;
         ensure!(
             !target.is_empty() && !target.contains('\0'),
-            "bad symbolic link target {target:?} for {path}"
+            "bad symbolic link target {target:?} for {}",
+            String::from_utf8_lossy(path)
         );
-        self.with_emitter(path, |e| {
+        self.with_emitter(&String::from_utf8_lossy(path), |e| {
             e.run(|w| header(w, path, EntryType::Symlink, 0, 0o777, mtime, Some(target)))
         })
     }
 
     /// A whole file held in memory (backup_label, tablespace_map,
-    /// backup_manifest, pg_control), written at once.
-    pub fn add_file(&self, path: &str, data: &[u8], mtime: i64) -> Result<()> {
-        let path = checked_path(path)?;
-        self.with_emitter(path, |e| {
+    /// backup_manifest, pg_control, a file whose name is not UTF-8), written
+    /// at once.
+    pub fn add_file(&self, path: impl AsRef<[u8]>, data: &[u8], mtime: i64) -> Result<()> {
+        let path = checked_path(path.as_ref())?;
+        self.with_emitter(&String::from_utf8_lossy(path), |e| {
             e.run(|w| {
                 let size = data.len() as u64;
                 header(
@@ -727,8 +730,9 @@ impl TarWriter {
         mtime: i64,
         src: &mut dyn Read,
     ) -> Result<()> {
-        let path = checked_path(path)?;
-        self.with_emitter(path, |e| {
+        let path = checked_path(path.as_bytes())?;
+        let shown = String::from_utf8_lossy(path);
+        self.with_emitter(&shown, |e| {
             e.run(|w| {
                 header(
                     w,
@@ -745,10 +749,10 @@ impl TarWriter {
                     let want = left.min(buf.len() as u64) as usize;
                     let n = src
                         .read(&mut buf[..want])
-                        .with_context(|| format!("cannot read {path} for the tar output"))?;
+                        .with_context(|| format!("cannot read {shown} for the tar output"))?;
                     ensure!(
                         n > 0,
-                        "{path} ended after {} of its {size} bytes",
+                        "{shown} ended after {} of its {size} bytes",
                         size - left
                     );
                     write_tar(w, &buf[..n])?;
@@ -1065,14 +1069,15 @@ impl Drop for PanicGuard<'_> {
 
 /// A path as an archive member: relative, no `..`, no empty part; without
 /// a trailing slash.
-fn checked_path(path: &str) -> Result<&str> {
-    let p = path.strip_suffix('/').unwrap_or(path);
+fn checked_path(path: &[u8]) -> Result<&[u8]> {
+    let p = path.strip_suffix(b"/").unwrap_or(path);
     ensure!(
         !p.is_empty()
-            && !p.starts_with('/')
-            && !p.contains('\0')
-            && p.split('/').all(|c| !c.is_empty() && c != ".."),
-        "unsafe path for the tar output: {path:?}"
+            && !p.starts_with(b"/")
+            && !p.contains(&0)
+            && p.split(|&b| b == b'/').all(|c| !c.is_empty() && c != b".."),
+        "unsafe path for the tar output: {:?}",
+        String::from_utf8_lossy(path)
     );
     Ok(p)
 }

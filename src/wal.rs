@@ -10,6 +10,12 @@
 //! of each segment between what we already have and the flush position, and
 //! segments beyond it (recycled files with old contents) are never read.
 //! The directory listing still tells us which segments exist.
+//!
+//! WAL of every timeline from the start one on is copied, with the history
+//! files: a standby that follows a promoted server switches timelines, and
+//! the copy then needs each timeline's WAL up to where the next began (as
+//! PostgreSQL's `-X fetch` copies it). The final sweep checks exactly that,
+//! from the history of the timeline the backup ended on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,10 +28,12 @@ use crate::bail_with;
 use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
+use crate::manifest::WalRange;
 use crate::plan;
 use crate::progress::Progress;
 use crate::reader::Reader;
 use crate::server::{self, Lsn, ServerInfo};
+use crate::timeline::History;
 
 /// A segment file name: timeline, then the segment number split in two.
 pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
@@ -50,21 +58,26 @@ fn is_history_file(name: &str) -> bool {
         && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Copies WAL of one timeline from a start segment on into DEST/pg_wal.
+/// Copies WAL from a start segment on into DEST/pg_wal.
 pub struct WalFollower<'a> {
     reader: Reader,
     reconnect: Reconnect<'a>,
     info: ServerInfo,
+    /// The timeline of the start position; WAL of older ones is not copied.
     timeline: u32,
+    start_lsn: Lsn,
     start_segno: u64,
     chunk_size: u64,
-    /// For each segment we hold: how many of its bytes are final in DEST.
-    have: BTreeMap<u64, u64>,
+    /// For each (timeline, segment) we hold: how many of its bytes are
+    /// final in DEST.
+    have: BTreeMap<(u32, u64), u64>,
     /// Set by the final sweep: WAL at or past the backup's stop LSN is not
     /// needed and never fetched.
     end: Option<Lsn>,
     /// History files copied, with their size.
     history: BTreeMap<String, u64>,
+    /// The ancestry each copied history file records, by its timeline.
+    histories: BTreeMap<u32, History>,
     /// Counts the WAL bytes read from the server (the summary's figure).
     progress: &'a Progress,
 }
@@ -84,11 +97,13 @@ impl<'a> WalFollower<'a> {
             reconnect,
             info: info.clone(),
             timeline,
+            start_lsn,
             start_segno: start_lsn / info.wal_segment_size,
             chunk_size,
             have: BTreeMap::new(),
             end: None,
             history: BTreeMap::new(),
+            histories: BTreeMap::new(),
             progress,
         }
     }
@@ -125,30 +140,49 @@ impl<'a> WalFollower<'a> {
             let name = path.trim_start_matches("pg_wal/");
             if is_history_file(name) {
                 if self.history.get(name) != Some(&entry.size) {
-                    self.fetch(dest, name, 0, entry.size, Some(entry.size))?;
-                    self.history.insert(name.to_string(), entry.size);
+                    self.fetch_history(dest, name, entry.size)?;
                 }
                 continue;
             }
             let Some((tli, segno)) = parse_segment_name(name, seg_size) else {
                 continue;
             };
-            if tli != self.timeline || segno < self.start_segno || segno * seg_size >= upto {
+            if tli < self.timeline || segno < self.start_segno || segno * seg_size >= upto {
                 continue;
             }
             let want = seg_size.min(upto - segno * seg_size);
-            let have = self.have.get(&segno).copied().unwrap_or(0);
+            let have = self.have.get(&(tli, segno)).copied().unwrap_or(0);
             if want > have {
-                self.fetch_segment(dest, segno, have, want)?;
+                self.fetch_segment(dest, tli, segno, have, want)?;
             }
         }
         Ok(flush)
     }
 
-    fn fetch_segment(&mut self, dest: &Dest, segno: u64, from: u64, to: u64) -> Result<()> {
-        let name = segment_name(self.timeline, segno, self.info.wal_segment_size);
+    /// Copy a history file whole and learn the ancestry it records.
+    fn fetch_history(&mut self, dest: &Dest, name: &str, size: u64) -> Result<()> {
+        self.fetch(dest, name, 0, size, Some(size))?;
+        let src = format!("pg_wal/{name}");
+        let text = std::fs::read(dest.path(&src))?;
+        let timeline = u32::from_str_radix(&name[..8], 16)?;
+        let history = History::parse(timeline, &String::from_utf8_lossy(&text))
+            .map_err(|e| crate::error::Failure::new(Exit::Wal, format!("{e:#}")))?;
+        self.histories.insert(timeline, history);
+        self.history.insert(name.to_string(), size);
+        Ok(())
+    }
+
+    fn fetch_segment(
+        &mut self,
+        dest: &Dest,
+        tli: u32,
+        segno: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
+        let name = segment_name(tli, segno, self.info.wal_segment_size);
         debug!("WAL {name}: bytes {from}..{to}");
-        if !self.have.contains_key(&segno) {
+        if !self.have.contains_key(&(tli, segno)) {
             // Whole, never sparse: the copy must not run out of disk later.
             dest.allocate(&format!("pg_wal/{name}"), self.info.wal_segment_size)?;
         }
@@ -165,7 +199,7 @@ impl<'a> WalFollower<'a> {
                 "WAL segment {name} vanished or shrank on the server while it was copied"
             );
         }
-        self.have.insert(segno, to);
+        self.have.insert((tli, segno), to);
         Ok(())
     }
 
@@ -227,9 +261,27 @@ impl<'a> WalFollower<'a> {
         Ok(())
     }
 
-    /// The final sweep: make sure every byte of WAL from the start segment up
-    /// to `end_lsn` is in DEST (the rest of the last segment stays zero, as
-    /// after a WAL switch). On a standby, waits until it has received WAL up to `end_lsn`.
+    /// The ancestry of the timeline WAL position `end` is on: the newest
+    /// timeline we hold a history of that descends from the start one and
+    /// began before `end`.
+    fn history_at(&self, end: Lsn) -> History {
+        self.histories
+            .values()
+            .rev()
+            .find(|h| h.descends_from(self.timeline) && h.begin() < end)
+            .cloned()
+            .unwrap_or_else(|| History::single(self.timeline))
+    }
+
+    /// The manifest's WAL ranges from the start to `end`, one per timeline.
+    pub fn wal_ranges(&self, end: Lsn) -> Vec<WalRange> {
+        self.history_at(end).ranges(self.start_lsn, end)
+    }
+
+    /// The final sweep: make sure every byte of WAL from the start up to
+    /// `end_lsn` is in DEST, of each timeline up to where the next began
+    /// (the rest of the last segment stays zero, as after a WAL switch). On
+    /// a standby, waits until it has received WAL up to `end_lsn`.
     pub fn complete_through(
         &mut self,
         dest: &Dest,
@@ -238,7 +290,6 @@ impl<'a> WalFollower<'a> {
         abort: &Abort,
     ) -> Result<()> {
         let seg_size = self.info.wal_segment_size;
-        let last = (end_lsn - 1) / seg_size;
         self.end = Some(end_lsn);
         loop {
             if self.poll(dest, abort)? >= end_lsn {
@@ -252,23 +303,31 @@ impl<'a> WalFollower<'a> {
                 anyhow::bail!("interrupted while waiting for WAL");
             }
         }
-        for segno in self.start_segno..=last {
-            let want = seg_size.min(end_lsn - segno * seg_size);
-            let have = self.have.get(&segno).copied().unwrap_or(0);
-            if have < want {
-                // poll() skipped it because it was not listed: it is gone.
-                bail_with!(
-                    Exit::Wal,
-                    "WAL segment {} was removed on the server before it could be copied; \
-                     let the role create a replication slot (REPLICATION) or raise wal_keep_size",
-                    segment_name(self.timeline, segno, seg_size)
-                );
+        let ranges = self.wal_ranges(end_lsn);
+        for range in &ranges {
+            for segno in range.start_lsn / seg_size..=(range.end_lsn - 1) / seg_size {
+                let want = seg_size.min(range.end_lsn - segno * seg_size);
+                let have = self.have.get(&(range.timeline, segno)).copied();
+                if have.unwrap_or(0) < want {
+                    // poll() skipped it because it was not listed: it is gone.
+                    bail_with!(
+                        Exit::Wal,
+                        "WAL segment {} was removed on the server before it could be copied; \
+                         let the role create a replication slot (REPLICATION) or raise wal_keep_size",
+                        segment_name(range.timeline, segno, seg_size)
+                    );
+                }
             }
         }
+        let last = ranges.first().expect("a backup has a WAL range");
         info!(
-            "WAL {} to {} copied ({} bytes read)",
+            "WAL {} to {} copied{} ({} bytes read)",
             self.start_segment(),
-            segment_name(self.timeline, last, seg_size),
+            segment_name(last.timeline, (end_lsn - 1) / seg_size, seg_size),
+            match ranges.len() {
+                1 => String::new(),
+                n => format!(", over {n} timelines"),
+            },
             self.progress.wal_bytes()
         );
         Ok(())
@@ -285,7 +344,7 @@ impl<'a> WalFollower<'a> {
         self.have
             .iter()
             .filter(move |(_, have)| **have == size)
-            .map(|(segno, _)| *segno)
+            .map(|((_, segno), _)| *segno)
     }
 }
 #[cfg(test)]

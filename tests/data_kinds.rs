@@ -4,6 +4,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
 use common::{Cluster, ClusterOptions, chown_postgres, run, scratch_dir, tool};
 
 #[test]
@@ -299,4 +305,164 @@ fn in_place_tablespaces_are_copied_as_directories() {
             "{major}"
         );
     }
+}
+
+/// A file and a directory whose names are not valid UTF-8 (Latin-1), as
+/// PostgreSQL's own pg_basebackup tests put them into a data directory.
+fn plant_latin1_names(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let file = data.join(OsStr::from_bytes(b"FOO\xe0\xe0\xe0BAR"));
+    let dir = data.join(OsStr::from_bytes(b"dir\xe9"));
+    std::fs::create_dir(&dir).unwrap();
+    let inner = dir.join(OsStr::from_bytes(b"inner\xff"));
+    // Bigger than one --chunk-size 8k request: read in several.
+    let contents = (0..20000u32)
+        .flat_map(|i| i.to_le_bytes())
+        .collect::<Vec<u8>>();
+    std::fs::write(&file, b"latin-1 named\n").unwrap();
+    std::fs::write(&inner, &contents).unwrap();
+    chown_postgres(&file);
+    chown_postgres(&dir);
+    vec![
+        (
+            PathBuf::from(OsStr::from_bytes(b"FOO\xe0\xe0\xe0BAR")),
+            b"latin-1 named\n".to_vec(),
+        ),
+        (
+            PathBuf::from(OsStr::from_bytes(b"dir\xe9/inner\xff")),
+            contents,
+        ),
+    ]
+}
+
+#[test]
+fn names_that_are_not_utf8_are_copied_byte_for_byte() {
+    let src = Cluster::start(15);
+    src.pgbench_init(1);
+    let planted = plant_latin1_names(&src.data);
+    let load = src.pgbench_load(2);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let out = run(&[
+        "-j",
+        "4",
+        "-x",
+        "-c",
+        "fast",
+        "--chunk-size",
+        "8k",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, contents) in &planted {
+        assert_eq!(&std::fs::read(dest.join(rel)).unwrap(), contents, "{rel:?}");
+    }
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    assert!(
+        manifest.contains("\"Encoded-Path\": \"464f4fe0e0e0424152\""),
+        "{manifest}"
+    );
+    common::assert_verifies(15, &dest);
+
+    // --delta refreshes that copy: its pruning keeps none of the old bytes
+    // of these names, and they are written anew.
+    std::fs::write(dest.join(&planted[0].0), b"stale").unwrap();
+    let out = run(&[
+        "--delta",
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, contents) in &planted {
+        assert_eq!(&std::fs::read(dest.join(rel)).unwrap(), contents, "{rel:?}");
+    }
+    common::assert_verifies(15, &dest);
+
+    // The same as tar archives: the names are in the headers as bytes.
+    let tars = scratch.path().join("tars");
+    let out = run(&[
+        "-F",
+        "t",
+        "-x",
+        "-c",
+        "fast",
+        &src.dsn(),
+        tars.to_str().unwrap(),
+    ]);
+    load.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = scratch.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    for (archive, into) in [
+        ("base.tar", restored.clone()),
+        ("pg_wal.tar", restored.join("pg_wal")),
+    ] {
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(tars.join(archive))
+            .arg("-C")
+            .arg(&into)
+            .status()
+            .unwrap();
+        assert!(status.success(), "tar -xf {archive}");
+    }
+    for (rel, contents) in &planted {
+        assert_eq!(
+            &std::fs::read(restored.join(rel)).unwrap(),
+            contents,
+            "{rel:?}"
+        );
+    }
+    std::fs::copy(
+        tars.join("backup_manifest"),
+        restored.join("backup_manifest"),
+    )
+    .unwrap();
+    common::assert_verifies(15, &restored);
+
+    // -S --stdin names them as bytes.
+    let some = scratch.path().join("some");
+    let mut child = tool()
+        .args(["-S", "--stdin", &src.dsn(), some.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut names = Vec::new();
+    for (rel, _) in &planted {
+        names.extend_from_slice(rel.as_os_str().as_bytes());
+        names.push(b'\n');
+    }
+    child.stdin.take().unwrap().write_all(&names).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (rel, contents) in &planted {
+        assert_eq!(&std::fs::read(some.join(rel)).unwrap(), contents, "{rel:?}");
+    }
+
+    drop(src);
+    let copy = Cluster::start_on_copy(&dest, 15);
+    copy.assert_pgbench_consistent();
+    drop(copy);
+    let copy = Cluster::start_on_copy(&restored, 15);
+    copy.assert_pgbench_consistent();
 }

@@ -736,6 +736,29 @@ impl Cluster {
         );
     }
 
+    /// amcheck finds no corruption: `pg_amcheck --heapallindexed` (heap
+    /// and btree checks) on 14+, whose verify_heapam older servers lack;
+    /// there, bt_index_check of every btree index.
+    pub fn assert_amcheck(&self) {
+        if self.version >= 14 {
+            run_ok(
+                client_cmd("pg_amcheck")
+                    .arg("-h")
+                    .arg(&self.socket_dir)
+                    .args(["-p", &self.port.to_string(), "-U", "postgres"])
+                    .args(["--install-missing", "--heapallindexed", "postgres"]),
+                &format!("pg_amcheck on PostgreSQL {}", self.version),
+            );
+        } else {
+            self.psql(
+                "CREATE EXTENSION IF NOT EXISTS amcheck; \
+                 SELECT count(bt_index_check(c.oid)) FROM pg_index i \
+                   JOIN pg_class c ON c.oid = i.indexrelid \
+                   JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree'",
+            );
+        }
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> &Path {
         &self.log

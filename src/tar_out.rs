@@ -701,23 +701,7 @@ impl TarWriter {
     /// backup_manifest, pg_control, a file whose name is not UTF-8), written
     /// at once.
     pub fn add_file(&self, path: impl AsRef<[u8]>, data: &[u8], mtime: i64) -> Result<()> {
-        let path = checked_path(path.as_ref())?;
-        self.with_emitter(&String::from_utf8_lossy(path), |e| {
-            e.run(|w| {
-                let size = data.len() as u64;
-                header(
-                    w,
-                    path,
-                    EntryType::Regular,
-                    size,
-                    self.file_mode,
-                    mtime,
-                    None,
-                )?;
-                write_tar(w, data)?;
-                pad(w, size)
-            })
-        })
+        self.add_file_from(path, data.len() as u64, mtime, &mut &*data)
     }
 
     /// A whole file of `size` bytes read from `src` (a WAL segment in a
@@ -725,12 +709,12 @@ impl TarWriter {
     /// source shorter than `size` is an error: the header is already out.
     pub fn add_file_from(
         &self,
-        path: &str,
+        path: impl AsRef<[u8]>,
         size: u64,
         mtime: i64,
         src: &mut dyn Read,
     ) -> Result<()> {
-        let path = checked_path(path.as_bytes())?;
+        let path = checked_path(path.as_ref())?;
         let shown = String::from_utf8_lossy(path);
         self.with_emitter(&shown, |e| {
             e.run(|w| {

@@ -560,7 +560,7 @@ impl Output for TarOutput {
         let pack = |writer: &TarWriter, prefix: &str| -> Result<()> {
             for (name, size, mtime) in &segments {
                 let mut src = File::open(scratch.path(&format!("pg_wal/{name}")))?;
-                writer.add_file_from(&format!("{prefix}{name}"), *size, *mtime, &mut src)?;
+                writer.add_file_from(format!("{prefix}{name}"), *size, *mtime, &mut src)?;
             }
             Ok(())
         };

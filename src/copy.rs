@@ -239,8 +239,9 @@ fn copy_task(
                 r == done,
                 "the server returned row {r} where {done} was due"
             );
+            write_piece(shared, scratch, task, pending[r], data, suspects)?;
             done += 1;
-            write_piece(shared, scratch, task, pending[r], data, suspects)
+            Ok(())
         });
         pending.drain(..done);
         if let Err(e) = read {

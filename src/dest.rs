@@ -288,20 +288,10 @@ impl Dest {
     /// Write `data` at `offset` of a file, creating it; then, when `final_len`
     /// is given, set the file to exactly that size (zero padding a file that
     /// shrank on the server). Safe to call from many threads on one file.
+    /// `open` caches the file of the last call: the pieces of a file come
+    /// one after another, and an open and close per piece cost as much as a
+    /// tenth of the write.
     pub fn write_at(
-        &self,
-        rel: &str,
-        offset: u64,
-        data: &[u8],
-        final_len: Option<u64>,
-    ) -> Result<()> {
-        self.write_into(&self.open(rel)?, rel, offset, data, final_len)
-    }
-
-    /// [`write_at`](Self::write_at) through `open`, which caches the file of
-    /// the last call: the pieces of a file come one after another, and an
-    /// open and close per piece cost as much as a tenth of the write.
-    pub fn write_at_cached(
         &self,
         open: &mut Option<(String, File)>,
         rel: &str,
@@ -313,17 +303,6 @@ impl Dest {
             *open = Some((rel.to_string(), self.open(rel)?));
         }
         let (_, f) = open.as_ref().expect("opened above");
-        self.write_into(f, rel, offset, data, final_len)
-    }
-
-    fn write_into(
-        &self,
-        f: &File,
-        rel: &str,
-        offset: u64,
-        data: &[u8],
-        final_len: Option<u64>,
-    ) -> Result<()> {
         f.write_all_at(data, offset).exit_with(Exit::Dest, || {
             format!("cannot write {}", self.path(rel).display())
         })?;
@@ -514,13 +493,13 @@ mod tests {
     fn out_of_order_writes_and_padding() {
         let tmp = tempfile::tempdir().unwrap();
         let d = Dest::prepare(&tmp.path().join("copy"), 0o700).unwrap();
-        d.write_at("f", 4, b"5678", Some(10)).unwrap();
-        d.write_at("f", 0, b"1234", None).unwrap();
+        d.write_at(&mut None, "f", 4, b"5678", Some(10)).unwrap();
+        d.write_at(&mut None, "f", 0, b"1234", None).unwrap();
         assert_eq!(fs::read(d.path("f")).unwrap(), b"12345678\0\0");
-        d.write_at("empty", 0, b"", Some(0)).unwrap();
+        d.write_at(&mut None, "empty", 0, b"", Some(0)).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.path("planted")).unwrap();
         assert!(
-            d.write_at("planted", 0, b"x", None).is_err(),
+            d.write_at(&mut None, "planted", 0, b"x", None).is_err(),
             "never writes through a link"
         );
         assert_eq!(fs::metadata(d.path("empty")).unwrap().len(), 0);

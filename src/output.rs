@@ -97,7 +97,7 @@ impl Sink for Dest {
         let Some(bytes) = data else { return Ok(()) };
         let piece = task.pieces[i];
         let is_last = piece.offset + piece.len == file.size;
-        self.write_at_cached(
+        self.write_at(
             &mut scratch.open,
             &file.path,
             piece.offset,
@@ -110,7 +110,7 @@ impl Sink for Dest {
             // copy (where --delta would keep older bytes there).
             let zeros = vec![0; short as usize];
             let offset = piece.offset + piece.len - short;
-            self.write_at_cached(&mut scratch.open, &file.path, offset, &zeros, None)?;
+            self.write_at(&mut scratch.open, &file.path, offset, &zeros, None)?;
         }
         Ok(())
     }

@@ -214,6 +214,7 @@ impl<'a> WalFollower<'a> {
         file_len: Option<u64>,
     ) -> Result<u64> {
         let src = format!("pg_wal/{name}");
+        let mut open = None;
         let mut done = 0;
         while done < len {
             let n = self.chunk_size.min(len - done);
@@ -223,7 +224,7 @@ impl<'a> WalFollower<'a> {
             let mut got = vec![0; ranges.len()];
             self.reader.read(&ranges, |i, data| {
                 if let Some(bytes) = data.filter(|b| !b.is_empty()) {
-                    dest.write_at(&src, ranges[i].1, bytes, file_len)?;
+                    dest.write_at(&mut open, &src, ranges[i].1, bytes, file_len)?;
                     got[i] = bytes.len() as u64;
                 }
                 Ok(())

@@ -151,7 +151,7 @@ pub struct Args {
     /// Compress data on the server before it crosses the wire (zlib through
     /// a session-temporary PL/Python function): auto, zlib or none.
     #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
-    pub wire_compression: crate::reader::WireCompression,
+    pub wire_compression: crate::session::reader::WireCompression,
 
     /// Checksum algorithm for the files listed in backup_manifest
     /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
@@ -239,7 +239,7 @@ pub struct Settings {
     /// -P: how progress is shown.
     pub progress: crate::progress::ProgressStyle,
     /// Rate limit, compression and counters shared by every reading session.
-    pub read_options: std::sync::Arc<crate::reader::ReadOptions>,
+    pub read_options: std::sync::Arc<crate::session::reader::ReadOptions>,
     /// (server path, copy path) pairs from -T.
     pub tablespace_mapping: Vec<(PathBuf, PathBuf)>,
     /// -F t: tar archives instead of a plain directory.
@@ -433,7 +433,7 @@ impl Args {
             delta: self.delta.then_some(crate::delta::Options {
                 trust_mtime: self.trust_mtime,
             }),
-            read_options: crate::reader::ReadOptions::new(
+            read_options: crate::session::reader::ReadOptions::new(
                 self.max_rate.map(crate::throttle::Throttle::new),
                 self.wire_compression,
             ),

@@ -23,7 +23,7 @@ use crate::integrity::{Integrity, Suspect};
 use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
-use crate::reader::Reader;
+use crate::session::reader::Reader;
 use crate::tar_out::TaskParts;
 
 /// What the copy did, for the summary and for the steps after it.

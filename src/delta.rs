@@ -36,8 +36,8 @@ use crate::error::{Exit, ExitContext};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
 use crate::plan::{self, FileEntry, Piece, Plan, Task};
-use crate::reader::Reader;
-use crate::server::ServerInfo;
+use crate::session::reader::Reader;
+use crate::session::server::ServerInfo;
 
 /// Written first by a --delta run, removed once the copy is complete: it
 /// names the cluster while global/pg_control is missing.

@@ -2,8 +2,6 @@
 //! ordinary SQL connections, in parallel. See README.md.
 
 mod abort;
-mod archive;
-mod backup;
 mod cli;
 mod conn;
 mod copy;
@@ -17,18 +15,15 @@ mod odd_names;
 mod output;
 mod pagecheck;
 mod paths;
-mod pg_control;
+mod pg;
 mod plan;
 mod progress;
-mod reader;
-mod server;
-mod standby;
+mod run;
+mod session;
 mod tar_compress;
 mod tar_out;
 mod throttle;
-mod timeline;
 mod wal;
-mod watchdog;
 
 use std::io::{BufRead, Write};
 
@@ -44,7 +39,7 @@ fn main() {
     init_logging(args.verbose, args.debug);
     let result = args
         .into_settings(|| std::io::stdin().lock().split(b'\n').collect())
-        .and_then(|settings| backup::run(&settings, &abort::Abort::with_signals()?));
+        .and_then(|settings| run::run(&settings, &abort::Abort::with_signals()?));
     if let Err(err) = result {
         // Whatever failed after a signal failed because of it.
         let err = if interrupt::signalled() && error::exit_of(&err) != error::Exit::Interrupted {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::paths::normalize_relative;
-use crate::server::{ListedEntry, Tablespace};
+use crate::session::server::{ListedEntry, Tablespace};
 
 /// Directories whose contents are skipped at any depth; the directory itself
 /// is created empty because the server expects to find it.

@@ -29,11 +29,11 @@ use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
 use crate::manifest::WalRange;
+use crate::pg::timeline::History;
 use crate::plan;
 use crate::progress::Progress;
-use crate::reader::Reader;
-use crate::server::{self, Lsn, ServerInfo};
-use crate::timeline::History;
+use crate::session::reader::Reader;
+use crate::session::server::{self, Lsn, ServerInfo};
 
 /// A segment file name: timeline, then the segment number split in two.
 pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {

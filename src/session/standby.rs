@@ -17,7 +17,7 @@ use postgres::Client;
 use crate::abort::Abort;
 use crate::bail_with;
 use crate::error::Exit;
-use crate::server;
+use crate::session::server;
 
 /// How often the standby is asked whether it is still one.
 const POLL: Duration = Duration::from_secs(1);

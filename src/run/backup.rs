@@ -18,7 +18,6 @@ use log::{info, warn};
 use postgres::Client;
 
 use crate::abort::Abort;
-use crate::archive;
 use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
@@ -29,14 +28,15 @@ use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
 use crate::odd_names;
 use crate::output::{AUTO_CONF, Output, TarOutput};
-use crate::pg_control;
+use crate::pg::pg_control;
 use crate::plan;
 use crate::progress::{Progress, Summary};
-use crate::reader::Reader;
-use crate::server::{self, ServerInfo, Tablespace};
-use crate::standby;
+use crate::session::archive;
+use crate::session::reader::Reader;
+use crate::session::server::{self, ServerInfo, Tablespace};
+use crate::session::standby;
+use crate::session::watchdog;
 use crate::wal::WalFollower;
-use crate::watchdog;
 use crate::{bail_with, wal};
 
 /// application_name of each kind of session, so a DBA can tell them apart

@@ -21,7 +21,7 @@ use postgres::{Client, Statement};
 
 use crate::bail_with;
 use crate::error::Exit;
-use crate::server::disable_timeouts;
+use crate::session::server::disable_timeouts;
 use crate::throttle::Throttle;
 
 /// `--wire-compression`.

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result};
 
 use crate::manifest::WalRange;
-use crate::server::{Lsn, parse_lsn};
+use crate::session::server::{Lsn, parse_lsn};
 
 /// One timeline and the WAL positions it holds: [begin, end), end None for
 /// the newest.

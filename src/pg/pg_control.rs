@@ -97,15 +97,15 @@ mod tests {
     /// it (the rest of the 8 kB file is zeros).
     fn real(major: u32) -> Vec<u8> {
         let head: &[u8] = match major {
-            10 => include_bytes!("../tests/data/pg_control/pg10.head"),
-            11 => include_bytes!("../tests/data/pg_control/pg11.head"),
-            12 => include_bytes!("../tests/data/pg_control/pg12.head"),
-            13 => include_bytes!("../tests/data/pg_control/pg13.head"),
-            14 => include_bytes!("../tests/data/pg_control/pg14.head"),
-            15 => include_bytes!("../tests/data/pg_control/pg15.head"),
-            16 => include_bytes!("../tests/data/pg_control/pg16.head"),
-            17 => include_bytes!("../tests/data/pg_control/pg17.head"),
-            18 => include_bytes!("../tests/data/pg_control/pg18.head"),
+            10 => include_bytes!("../../tests/data/pg_control/pg10.head"),
+            11 => include_bytes!("../../tests/data/pg_control/pg11.head"),
+            12 => include_bytes!("../../tests/data/pg_control/pg12.head"),
+            13 => include_bytes!("../../tests/data/pg_control/pg13.head"),
+            14 => include_bytes!("../../tests/data/pg_control/pg14.head"),
+            15 => include_bytes!("../../tests/data/pg_control/pg15.head"),
+            16 => include_bytes!("../../tests/data/pg_control/pg16.head"),
+            17 => include_bytes!("../../tests/data/pg_control/pg17.head"),
+            18 => include_bytes!("../../tests/data/pg_control/pg18.head"),
             _ => unreachable!(),
         };
         let mut file = head.to_vec();

@@ -3,11 +3,11 @@
 //!
 //! The queue is the plan's task list and an atomic cursor: no locks on the
 //! hot path, and tasks are taken in plan order (biggest files first), so the
-//! chunks of a file are handed out in file order. Each worker owns one
-//! session with a prepared read statement and a writer thread; bytes go from
-//! the protocol buffer to `pwrite` without another copy. Where they go is a
-//! [`Sink`]: DEST itself, or the tar output (`output.rs`), which needs the
-//! tasks in order and so gets to hold a fetch back until its turn.
+//! chunks of a file are handed out in file order. Each worker is one thread
+//! with one session and its prepared read statement; bytes go from the
+//! protocol buffer to `pwrite` without another copy. Where they go is a
+//! [`Sink`]: DEST itself, or the tar output, which needs the tasks in order
+//! and so gets to hold a fetch back until its turn.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -24,6 +24,7 @@ use crate::pagecheck::BLCKSZ;
 use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
 use crate::session::reader::Reader;
+use crate::session::retry::{Reconnect, replace_lost_session};
 use crate::tar_out::TaskParts;
 
 /// What the copy did, for the summary and for the steps after it.
@@ -87,12 +88,6 @@ struct Shared<'a> {
     abort: &'a Abort,
 }
 
-/// How often a request whose session was lost is retried on a fresh one.
-const RETRIES: u32 = 3;
-
-/// Opens a fresh reading session to replace one that was lost.
-pub type Reconnect<'a> = &'a (dyn Fn() -> Result<Reader> + Sync);
-
 /// What to copy, where to, and who watches the bytes go by.
 pub struct Job<'a> {
     pub plan: &'a Plan,
@@ -121,23 +116,33 @@ pub fn copy_files(
         first_error: Mutex::default(),
         abort,
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(readers.len())
-        .thread_name(|i| format!("worker-{}", i + 1))
-        .build()?;
-    let returned = Mutex::new(Vec::new());
-    pool.scope(|s| {
-        for mut reader in readers {
-            let (shared, returned) = (&shared, &returned);
-            s.spawn(move |_| {
-                if let Err(e) = worker(&mut reader, shared, reconnect) {
+    let returned = std::thread::scope(|s| -> Result<Vec<Reader>> {
+        let mut threads = Vec::with_capacity(readers.len());
+        for (i, mut reader) in readers.into_iter().enumerate() {
+            let shared = &shared;
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{}", i + 1))
+                .spawn_scoped(s, move || {
+                    if let Err(e) = worker(&mut reader, shared, reconnect) {
+                        shared.abort.fail();
+                        shared.first_error.lock().unwrap().get_or_insert(e);
+                    }
+                    reader
+                });
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // The workers already started stop after their request.
                     shared.abort.fail();
-                    shared.first_error.lock().unwrap().get_or_insert(e);
+                    return Err(e.into());
                 }
-                returned.lock().unwrap().push(reader);
-            });
+            }
         }
-    });
+        Ok(threads
+            .into_iter()
+            .map(|t| t.join().expect("a copy worker panicked"))
+            .collect())
+    })?;
     if let Some(e) = shared.first_error.into_inner().unwrap() {
         return Err(e);
     }
@@ -148,7 +153,7 @@ pub fn copy_files(
         bytes: shared.bytes.into_inner(),
         vanished: shared.vanished.into_inner().unwrap(),
     };
-    Ok((outcome, returned.into_inner().unwrap()))
+    Ok((outcome, returned))
 }
 
 /// One worker: take tasks from the queue until it is empty, read each and
@@ -249,33 +254,6 @@ fn copy_task(
         }
     }
     shared.job.sink.end_task(index, task, scratch)
-}
-
-/// Decide whether a failed request is retried: only when its session was
-/// lost (the server terminated the backend, a network blip), at most
-/// [`RETRIES`] times, with backoff. Then `reader` is a fresh session;
-/// otherwise the error is returned.
-pub fn replace_lost_session(
-    error: anyhow::Error,
-    reader: &mut Reader,
-    attempt: &mut u32,
-    reconnect: Reconnect,
-    abort: &Abort,
-) -> Result<()> {
-    if !reader.client().is_closed() || *attempt == RETRIES || abort.is_set() {
-        return Err(error);
-    }
-    *attempt += 1;
-    let backoff = std::time::Duration::from_millis(500 << *attempt);
-    log::warn!(
-        "{error:#}; retrying on a new session in {:.1} s ({attempt}/{RETRIES})",
-        backoff.as_secs_f64()
-    );
-    if abort.sleep(backoff) {
-        return Err(error);
-    }
-    *reader = reconnect()?;
-    Ok(())
 }
 
 /// Hand piece `i` of `task` to the sink and account for it (checksums,

@@ -30,13 +30,13 @@ use sha2::{Digest, Sha256};
 
 use crate::abort::Abort;
 use crate::bail_with;
-use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::{self, Dest, remove_contents, remove_entry};
 use crate::error::{Exit, ExitContext};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
 use crate::plan::{self, FileEntry, Piece, Plan, Task};
 use crate::session::reader::Reader;
+use crate::session::retry::{Reconnect, replace_lost_session};
 use crate::session::server::ServerInfo;
 
 /// Written first by a --delta run, removed once the copy is complete: it

@@ -2,6 +2,7 @@
 //! ordinary SQL connections, in parallel. See README.md.
 
 mod abort;
+mod backup;
 mod cli;
 mod conn;
 mod copy;

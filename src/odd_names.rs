@@ -13,10 +13,10 @@ use anyhow::Result;
 use log::{debug, info};
 use postgres::Client;
 
+use crate::backup::checksum_of;
 use crate::manifest::ChecksumAlgorithm;
 use crate::output::Output;
 use crate::plan::OddEntry;
-use crate::run::backup::checksum_of;
 use crate::session::server;
 
 /// A file copied here, for the manifest.

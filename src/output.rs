@@ -36,13 +36,13 @@ use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
 use crate::abort::Abort;
+use crate::backup::{shell_quote, unix_now};
 use crate::bail_with;
 use crate::cli::Settings;
 use crate::copy::{Scratch, Sink};
 use crate::dest::Dest;
 use crate::error::{Exit, ExitContext};
 use crate::plan::{self, FileEntry, Plan, Task};
-use crate::run::backup::{shell_quote, unix_now};
 use crate::session::server::{ServerInfo, Tablespace};
 use crate::tar_out::{TarCompression, TarWriter};
 

@@ -22,41 +22,21 @@ use std::time::Duration;
 
 use anyhow::Result;
 use log::{debug, info};
+use postgres::types::PgLsn;
 
 use crate::abort::Abort;
 use crate::bail_with;
-use crate::copy::{Reconnect, replace_lost_session};
 use crate::dest::Dest;
 use crate::error::Exit;
 use crate::manifest::WalRange;
+use crate::pg::Lsn;
 use crate::pg::timeline::History;
+use crate::pg::wal_names::{is_history_file, parse_segment_name, segment_name};
 use crate::plan;
 use crate::progress::Progress;
 use crate::session::reader::Reader;
-use crate::session::server::{self, Lsn, ServerInfo};
-
-/// A segment file name: timeline, then the segment number split in two.
-pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
-    let per_id = 0x1_0000_0000 / segment_size;
-    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
-}
-
-/// (timeline, segment number) of a segment file name, None for other files.
-pub fn parse_segment_name(name: &str, segment_size: u64) -> Option<(u32, u64)> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
-    Some((tli, log * (0x1_0000_0000 / segment_size) + seg))
-}
-
-fn is_history_file(name: &str) -> bool {
-    name.len() == 16
-        && name.ends_with(".history")
-        && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
-}
+use crate::session::retry::{Reconnect, replace_lost_session};
+use crate::session::server::{self, ServerInfo};
 
 /// Copies WAL from a start segment on into DEST/pg_wal.
 pub struct WalFollower<'a> {
@@ -298,7 +278,7 @@ impl<'a> WalFollower<'a> {
             }
             info!(
                 "waiting for the server to flush WAL up to {}",
-                server::format_lsn(end_lsn)
+                PgLsn::from(end_lsn)
             );
             if abort.sleep(delay) {
                 anyhow::bail!("interrupted while waiting for WAL");
@@ -346,33 +326,5 @@ impl<'a> WalFollower<'a> {
             .iter()
             .filter(move |(_, have)| **have == size)
             .map(|((_, segno), _)| *segno)
-    }
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_names_round_trip() {
-        let size = 16 * 1024 * 1024;
-        assert_eq!(segment_name(1, 1, size), "000000010000000000000001");
-        assert_eq!(segment_name(2, 0x1_23, size), "000000020000000100000023");
-        assert_eq!(
-            parse_segment_name("000000020000000100000023", size),
-            Some((2, 0x123))
-        );
-        assert_eq!(
-            parse_segment_name("000000010000000000000001.partial", size),
-            None
-        );
-        assert_eq!(parse_segment_name("00000002.history", size), None);
-        let big = 1024 * 1024 * 1024;
-        assert_eq!(segment_name(1, 5, big), "000000010000000100000001");
-        assert_eq!(
-            parse_segment_name("000000010000000100000001", big),
-            Some((1, 5))
-        );
-        assert!(is_history_file("00000002.history"));
-        assert!(!is_history_file("archive_status"));
     }
 }

@@ -8,9 +8,10 @@
 //! `<parent TLI>\t<switch LSN>\t<reason>`, oldest first.
 
 use anyhow::{Context, Result};
+use postgres::types::PgLsn;
 
 use crate::manifest::WalRange;
-use crate::session::server::{Lsn, parse_lsn};
+use crate::pg::Lsn;
 
 /// One timeline and the WAL positions it holds: [begin, end), end None for
 /// the newest.
@@ -54,13 +55,18 @@ impl History {
                 .next()
                 .and_then(|f| f.parse().ok())
                 .with_context(bad)?;
-            let switch = parse_lsn(fields.next().with_context(bad)?).with_context(bad)?;
+            let switch = fields.next().with_context(bad)?;
+            let switch: PgLsn = switch
+                .parse()
+                .ok()
+                .with_context(|| format!("invalid LSN {switch:?}"))
+                .with_context(bad)?;
             spans.push(Span {
                 timeline: parent,
                 begin,
-                end: Some(switch),
+                end: Some(switch.into()),
             });
-            begin = switch;
+            begin = switch.into();
         }
         spans.push(Span {
             timeline,

@@ -1,317 +1,76 @@
-//! One run of the tool, start to finish, and the clean abort.
+//! The backup, read top to bottom as PostgreSQL's BaseBackup(): the run is
+//! prepared (sessions, privileges, tablespaces, the output), then the
+//! backup goes through four phases: start, copy, stop, finish.
 //!
-//! The order of the steps is what makes the copy correct; see the numbered
-//! rules in shared/design.md. In short: the control session only creates
-//! the slot and starts and stops the backup (an ERROR there would drop the
-//! slot); all reading happens on other sessions; backup_label and
-//! tablespace_map come from the stop call; global/pg_control is written
-//! last, so a copy that was cut short can never start.
+//! The order of the steps is what makes the copy correct. The control
+//! session only creates the slot and starts and stops the backup (any
+//! ERROR there would silently drop the slot): all listing and reading
+//! happens on other sessions. backup_label and tablespace_map come from the
+//! stop call and are written after every data file, and global/pg_control
+//! last, so a copy that was cut short can never start. On any failure the
+//! control session is closed, which ends the backup on the server and
+//! drops the slot.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use log::{info, warn};
 use postgres::Client;
+use postgres::types::PgLsn;
 
 use crate::abort::Abort;
-use crate::cli::{Mode, Settings};
+use crate::backup::{checksum_of, unix_now};
+use crate::bail_with;
+use crate::cli::Settings;
 use crate::conn::ConnSpec;
-use crate::copy;
-use crate::delta::{self, Delta};
+use crate::copy::{CopyOutcome, Job, copy_files};
+use crate::delta::{self, Delta, Earlier};
 use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
-use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
-use crate::odd_names;
+use crate::manifest::{ChecksumAlgorithm, ManifestWriter, WalRange};
+use crate::odd_names::{self, OddFile};
 use crate::output::{AUTO_CONF, Output, TarOutput};
+use crate::pg::Lsn;
 use crate::pg::pg_control;
-use crate::plan;
+use crate::pg::version::{MINIMUM_VERSION_FOR_MANIFESTS, MINIMUM_VERSION_FOR_RECOVERY_GUC};
+use crate::pg::wal_names::segment_name;
+use crate::plan::{self, Plan};
 use crate::progress::{Progress, Summary};
-use crate::session::archive;
-use crate::session::reader::Reader;
-use crate::session::server::{self, ServerInfo, Tablespace};
-use crate::session::standby;
-use crate::session::watchdog;
+use crate::run::tablespaces;
+use crate::run::{
+    Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, open_readers,
+    plan_copy, temporary_slot,
+};
+use crate::session::server::{self, BackupStop, ServerInfo, Tablespace};
+use crate::session::{archive, standby, watchdog};
 use crate::wal::WalFollower;
-use crate::{bail_with, wal};
 
-/// application_name of each kind of session, so a DBA can tell them apart
-/// in pg_stat_activity.
-const APPLICATION_NAME: &str = "pg_basebackup";
-const WORKER_NAME: &str = "pg_basebackup worker";
-const WAL_NAME: &str = "pg_basebackup wal";
-const WATCH_NAME: &str = "pg_basebackup watch";
-
-/// Run the mode the settings ask for.
-pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
-    let spec = ConnSpec::from_dsn(&settings.dsn)?;
-    match settings.mode {
-        Mode::Clean => clean(&spec),
-        Mode::Backup => backup(settings, &spec, abort),
-        Mode::AuxiliaryCopy => auxiliary_copy(settings, &spec, abort),
-        Mode::WalFollower => follow_wal(settings, &spec, abort),
-    }
-}
-
-/// A session with timeouts off, and what the server is.
-fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
-    info!("connecting to {}", spec.describe());
-    let mut client = spec.connect(APPLICATION_NAME)?;
-    let info = server::probe(&mut client)?;
-    server::disable_timeouts(&mut client)?;
-    info!(
-        "server version {}, WAL segment size {} MB{}",
-        info.version_num,
-        info.wal_segment_size >> 20,
-        if info.in_recovery { ", a standby" } else { "" }
-    );
-    Ok((client, info))
-}
-
-/// `n` reading sessions sharing the run's rate limit.
-fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
-    (0..n)
-        .map(|_| open_reader(spec, settings, WORKER_NAME))
-        .collect()
-}
-
-fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
-    Reader::new(
-        spec.connect(application_name)?,
-        settings.read_options.clone(),
-    )
-}
-
-fn clean(spec: &ConnSpec) -> Result<()> {
-    let (mut client, info) = open_control(spec)?;
-    if server::stop_leftover_exclusive_backup(&mut client, &info)? {
-        println!("pg_basebackup: stopped the exclusive backup that was left in progress");
-    } else if info.version_num >= 150000 {
-        println!(
-            "pg_basebackup: nothing to clean: PostgreSQL {} ends every backup with its session",
-            info.major()
-        );
-    } else {
-        println!("pg_basebackup: nothing to clean: no exclusive backup is in progress");
-    }
-    Ok(())
-}
-
-/// Where each linked tablespace goes in a plain copy: its -T mapping, else
-/// its own path (which must then be empty, so a copy on the server's host
-/// never writes into the live tablespace).
-/// `earlier` are the tablespace links of a copy --delta refreshes: their
-/// targets are part of it.
-fn tablespace_targets(
-    tablespaces: &[Tablespace],
-    mapping: &[(PathBuf, PathBuf)],
-    earlier: &[(u32, PathBuf)],
-) -> Result<Vec<(u32, PathBuf)>> {
-    for (old, _) in mapping {
-        if !tablespaces.iter().any(|t| Path::new(&t.location) == old) {
-            bail_with!(
-                Exit::Usage,
-                "-T {}: the server has no tablespace in that directory",
-                old.display()
-            );
-        }
-    }
-    let mut targets = Vec::new();
-    for t in tablespaces.iter().filter(|t| t.location.starts_with('/')) {
-        let location = Path::new(&t.location);
-        let target = mapping
-            .iter()
-            .find(|(old, _)| old == location)
-            .map(|(_, new)| new.clone());
-        let target = target.unwrap_or_else(|| location.to_path_buf());
-        if earlier.contains(&(t.oid, target.clone())) {
-            targets.push((t.oid, target));
-            continue;
-        }
-        dest::check(&target, false).map_err(|e| {
-            e.context(Failure::new(
-                Exit::Dest,
-                format!(
-                    "tablespace \"{}\" cannot be written to {}; relocate it with -T {}=NEWDIR",
-                    t.name,
-                    target.display(),
-                    t.location
-                ),
-            ))
-        })?;
-        targets.push((t.oid, target));
-    }
-    Ok(targets)
-}
-
-/// tablespace_map with each linked tablespace pointing at its copy.
-fn mapped_tablespace_map(map: &str, targets: &[(u32, PathBuf)], major: u32) -> String {
-    let escape = |p: &str| {
-        let mut out = String::new();
-        for c in p.chars() {
-            match c {
-                '\n' | '\r' => out.push('\\'),
-                '\\' if major >= 14 => out.push('\\'),
-                _ => {}
-            }
-            out.push(c);
-        }
-        out
-    };
-    let mut out = String::new();
-    for line in map.lines() {
-        let oid = line.split(' ').next().unwrap_or("");
-        match targets.iter().find(|(o, _)| o.to_string() == oid) {
-            Some((_, target)) => {
-                out.push_str(&format!("{oid} {}\n", escape(&target.to_string_lossy())))
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-/// Everything the steps after the copy need to know.
-struct Finished {
-    files: usize,
-    bytes: u64,
-    wal_bytes: u64,
-    wal_segments: u64,
-    manifest_written: bool,
-    page_failures: Vec<PageFailure>,
-}
-
-/// The manifest checksum of bytes we hold in memory (backup_label, ...).
-pub(crate) fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
-    let sum = FileChecksum::new(alg, bytes.len() as u64);
-    sum.update(0, bytes)?;
-    sum.finish()
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
-    let started = Instant::now();
-    let earlier = match settings.delta {
-        Some(options) => Some(delta::inspect(&settings.dest, options)?),
-        None if settings.tar.is_some_and(|t| t.to_stdout) => None,
-        None => {
-            dest::check(&settings.dest, settings.force)?;
-            None
-        }
-    };
-    let (mut control, info) = open_control(spec)?;
-    if let Some(earlier) = &earlier {
-        delta::check_server(earlier, &info)?;
-    }
-    server::check_free_connections(
-        &mut control,
-        settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
-    )?;
-    let mut readers = open_readers(spec, settings, settings.jobs)?;
-    info!(
-        "wire compression: {}",
-        if readers[0].compressed() {
-            "zlib, on the server by a temporary PL/Python function"
-        } else {
-            "none"
-        }
-    );
-    let wal_reader = if settings.fetch_wal {
-        Some(open_reader(spec, settings, WAL_NAME)?)
-    } else {
-        None
-    };
-
-    let aux = readers[0].client();
-    server::check_privileges(aux, &info, true)?;
-    let tablespaces = server::tablespaces(aux)?;
-    // A tar keeps the links to the original locations: nothing is written
-    // there. A refresh keeps the tablespace directories its copy links to.
-    let targets = match settings.tar {
-        Some(_) => Vec::new(),
-        None => {
-            let earlier_links = match earlier {
-                Some(_) => delta::tablespace_links(&settings.dest),
-                None => Vec::new(),
-            };
-            tablespace_targets(&tablespaces, &settings.tablespace_mapping, &earlier_links)?
-        }
-    };
-    let slot_obstacle = server::slot_obstacle(aux)?;
-    let archive_mode = server::archive_mode(aux)?;
-    archive::announce(settings.fetch_wal, &archive_mode, info.in_recovery);
-
-    let mut delta = None;
-    let mut out: Box<dyn Output> = match (settings.tar, earlier) {
-        (Some(_), _) => Box::new(TarOutput::create(settings, &info, &tablespaces)?),
-        // A refresh keeps DEST as it is, also when it fails (it resumes).
-        (None, Some(earlier)) => {
-            let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-            delta = Some(Delta::begin(earlier, &dest, &info, readers[0].client())?);
-            Box::new(dest)
-        }
-        (None, None) => Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
-    };
-    let run = Run {
+pub fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+    let began = Instant::now();
+    let earlier = inspect_dest(settings)?;
+    let (mut sessions, info) = open_sessions(settings, spec, earlier.as_ref())?;
+    let run = survey(
         settings,
         spec,
-        info: &info,
+        &info,
         abort,
-        tablespaces: &tablespaces,
-        targets: &targets,
-        wait_for_archive: archive::stop_waits(settings.fetch_wal, &archive_mode, info.in_recovery),
-    };
-    let result = backup_into(
-        &run,
-        &mut control,
-        readers,
-        wal_reader,
-        slot_obstacle,
-        &mut *out,
-        delta.as_mut(),
-    );
+        &mut sessions,
+        earlier.is_some(),
+    )?;
+    let (mut out, mut delta) = open_output(&run, &mut sessions, earlier)?;
+    let result = backup_into(&run, &mut sessions, &mut *out, delta.as_mut());
     // Closing the control session ends the backup on the server (if it is
     // still running) and drops the temporary slot.
-    drop(control);
+    drop(sessions);
     match result {
         Ok(done) => {
             if let Some(d) = delta {
                 d.finish(done.bytes)?;
             }
-            let summary = Summary {
-                files: done.files as u64,
-                data_bytes: done.bytes,
-                wal_segments: done.wal_segments,
-                wal_bytes: done.wal_bytes,
-                seconds: started.elapsed().as_secs_f64(),
-                checksum_failures: done.page_failures.len() as u64,
-                manifest_written: done.manifest_written,
-            };
-            if done.page_failures.is_empty() {
-                info!("{summary}");
-            } else {
-                warn!("{summary}");
-            }
-            let options = &settings.read_options;
-            info!(
-                "{} bytes crossed the wire for {} bytes read",
-                options.wire_bytes.load(Ordering::Relaxed),
-                options.data_bytes.load(Ordering::Relaxed)
-            );
-            archive::warn_no_wal(settings.fetch_wal, &archive_mode, info.in_recovery);
-            out.announce(done.manifest_written);
+            report(&run, &done, &*out, began);
             if !done.page_failures.is_empty() {
                 bail_with!(
                     Exit::Corrupt,
@@ -322,81 +81,228 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) => {
-            abort.fail();
-            crate::interrupt::only_local_work_left();
-            let e = if abort.signalled() {
-                e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
-            } else {
-                e
-            };
-            if delta.is_some() {
-                warn!(
-                    "the partial copy in {} was kept; it is NOT restorable, run again with --delta to resume",
-                    settings.dest.display()
-                );
-            }
-            // A refresh's DEST is shared: fail() leaves it as it is.
-            if let Err(cleanup) = out.fail(settings.keep_partial && delta.is_none()) {
-                warn!("{cleanup:#}");
-            }
-            Err(e)
-        }
+        Err(e) => Err(fail(&run, e, out, delta.is_some())),
     }
 }
 
-/// What every step of one backup needs to know.
+/// What DEST holds already: the copy --delta refreshes, else nothing (DEST
+/// must be empty or absent; a tar to stdout has no DEST).
+fn inspect_dest(settings: &Settings) -> Result<Option<Earlier>> {
+    Ok(match settings.delta {
+        Some(options) => Some(delta::inspect(&settings.dest, options)?),
+        None if settings.tar.is_some_and(|t| t.to_stdout) => None,
+        None => {
+            dest::check(&settings.dest, settings.force)?;
+            None
+        }
+    })
+}
+
+/// Every session the backup needs, opened before anything is done on the
+/// server, once it said it has room for them.
+fn open_sessions(
+    settings: &Settings,
+    spec: &ConnSpec,
+    earlier: Option<&Earlier>,
+) -> Result<(Sessions, ServerInfo)> {
+    let (mut control, info) = open_control(spec)?;
+    if let Some(earlier) = earlier {
+        delta::check_server(earlier, &info)?;
+    }
+    server::check_free_connections(
+        &mut control,
+        settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
+    )?;
+    let workers = open_readers(spec, settings, settings.jobs)?;
+    info!(
+        "wire compression: {}",
+        if workers[0].compressed() {
+            "zlib, on the server by a temporary PL/Python function"
+        } else {
+            "none"
+        }
+    );
+    let wal = if settings.fetch_wal {
+        Some(open_reader(spec, settings, WAL_NAME)?)
+    } else {
+        None
+    };
+    let sessions = Sessions {
+        workers,
+        wal,
+        control,
+    };
+    Ok((sessions, info))
+}
+
+/// What every phase of one backup needs to know.
 struct Run<'a> {
     settings: &'a Settings,
     spec: &'a ConnSpec,
     info: &'a ServerInfo,
     abort: &'a Abort,
-    tablespaces: &'a [Tablespace],
+    tablespaces: Vec<Tablespace>,
     /// Where each linked tablespace is written: (oid, directory).
-    targets: &'a [(u32, PathBuf)],
+    targets: Vec<(u32, PathBuf)>,
+    /// Why the role cannot have a replication slot, if it cannot.
+    slot_obstacle: Option<String>,
+    /// The server's archive_mode: off, on or always.
+    archive_mode: String,
     /// Whether the backup stop waits until the server has archived the WAL
     /// the copy needs (without -x, where the server archives).
     wait_for_archive: bool,
 }
 
-fn backup_into(
-    run: &Run,
-    control: &mut Client,
-    mut readers: Vec<Reader>,
-    wal_reader: Option<Reader>,
-    slot_obstacle: Option<String>,
-    out: &mut dyn Output,
-    mut delta: Option<&mut Delta>,
-) -> Result<Finished> {
-    let Run {
+/// Before anything is done on the server: whether the role may do all the
+/// backup needs, and what the server has (tablespaces, slots, archiving).
+fn survey<'a>(
+    settings: &'a Settings,
+    spec: &'a ConnSpec,
+    info: &'a ServerInfo,
+    abort: &'a Abort,
+    sessions: &mut Sessions,
+    refresh: bool,
+) -> Result<Run<'a>> {
+    let queries = sessions.queries().client();
+    server::check_privileges(queries, info, true)?;
+    let tablespaces = server::tablespaces(queries)?;
+    // A tar keeps the links to the original locations: nothing is written
+    // there. A refresh keeps the tablespace directories its copy links to.
+    let targets = match settings.tar {
+        Some(_) => Vec::new(),
+        None => {
+            let earlier_links = if refresh {
+                delta::tablespace_links(&settings.dest)
+            } else {
+                Vec::new()
+            };
+            tablespaces::targets(&tablespaces, &settings.tablespace_mapping, &earlier_links)?
+        }
+    };
+    let slot_obstacle = server::slot_obstacle(queries)?;
+    let archive_mode = server::archive_mode(queries)?;
+    archive::announce(settings.fetch_wal, &archive_mode, info.in_recovery);
+    Ok(Run {
         settings,
         spec,
         info,
         abort,
         tablespaces,
         targets,
-        wait_for_archive,
-    } = *run;
-    match slot_obstacle {
-        Some(why) => warn!("no replication slot ({why}): WAL may be recycled before it is copied"),
-        None => {
-            let name = format!("pg_basebackup_{}", server::backend_pid(control)?);
-            match server::create_temporary_slot(control, &name) {
-                Ok(()) => {
-                    info!("temporary replication slot {name} keeps the WAL this backup needs")
-                }
-                Err(e) => {
-                    warn!("could not create a temporary replication slot, going on without: {e:#}")
-                }
-            }
+        slot_obstacle,
+        wait_for_archive: archive::stop_waits(settings.fetch_wal, &archive_mode, info.in_recovery),
+        archive_mode,
+    })
+}
+
+/// Where the copy goes: a tar, the copy --delta refreshes (with the Delta
+/// that compares against it), or a new plain DEST.
+fn open_output(
+    run: &Run,
+    sessions: &mut Sessions,
+    earlier: Option<Earlier>,
+) -> Result<(Box<dyn Output>, Option<Delta>)> {
+    let (settings, info) = (run.settings, run.info);
+    Ok(match (settings.tar, earlier) {
+        (Some(_), _) => (
+            Box::new(TarOutput::create(settings, info, &run.tablespaces)?),
+            None,
+        ),
+        // A refresh keeps DEST as it is, also when it fails (it resumes).
+        (None, Some(earlier)) => {
+            let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+            let delta = Delta::begin(earlier, &dest, info, sessions.queries().client())?;
+            (Box::new(dest), Some(delta))
         }
+        (None, None) => (
+            Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
+            None,
+        ),
+    })
+}
+
+/// Everything the report after the backup needs to know.
+struct Finished {
+    files: usize,
+    bytes: u64,
+    wal_bytes: u64,
+    wal_segments: u64,
+    manifest_written: bool,
+    page_failures: Vec<PageFailure>,
+}
+
+/// The four phases. The WAL follower (-x) is made here because it borrows
+/// the progress the copy phase also counts on.
+fn backup_into(
+    run: &Run,
+    sessions: &mut Sessions,
+    out: &mut dyn Output,
+    mut delta: Option<&mut Delta>,
+) -> Result<Finished> {
+    let mut started = start(run, sessions, out, delta.as_deref_mut())?;
+    let progress = Progress::new(run.settings.progress, started.plan.total_bytes());
+    let reconnect_wal = || open_reader(run.spec, run.settings, WAL_NAME);
+    let follower = sessions.wal.take().map(|r| {
+        WalFollower::new(
+            r,
+            &reconnect_wal,
+            run.info,
+            started.timeline,
+            started.start_lsn,
+            run.settings.chunk_size,
+            &progress,
+        )
+    });
+    let (copied, follower) = copy(
+        run,
+        sessions,
+        &mut started,
+        follower,
+        out,
+        delta.as_deref(),
+        &progress,
+    )?;
+    let stopped = stop(
+        run,
+        &mut sessions.control,
+        &started,
+        follower,
+        out,
+        &progress,
+    )?;
+    finish(run, out, &started, &copied, &stopped)
+}
+
+/// What the start phase learnt.
+struct Started {
+    start_lsn: Lsn,
+    /// The timeline the server was on at the start.
+    timeline: u32,
+    plan: Plan,
+    /// A session that watches a standby source for a promotion.
+    promotion_watch: Option<Client>,
+}
+
+/// Start: the slot, the backup start (its checkpoint), the listing and the
+/// plan, and DEST laid out for it.
+fn start(
+    run: &Run,
+    sessions: &mut Sessions,
+    out: &mut dyn Output,
+    delta: Option<&mut Delta>,
+) -> Result<Started> {
+    let (settings, info) = (run.settings, run.info);
+    let control = &mut sessions.control;
+    let going_on = ", going on without";
+    if let Some(name) = temporary_slot(control, run.slot_obstacle.as_deref(), going_on)? {
+        info!("temporary replication slot {name} keeps the WAL this backup needs");
     }
     let promotion_watch = if info.in_recovery {
         info!(
             "the source is a standby: the backup ends at its minimum recovery point, \
              and fails if it is promoted meanwhile"
         );
-        let mut client = spec.connect(WATCH_NAME)?;
+        let mut client = run.spec.connect(WATCH_NAME)?;
         server::disable_timeouts(&mut client)?;
         Some(client)
     } else {
@@ -404,22 +310,10 @@ fn backup_into(
     };
     // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
     let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
-    info!("backup started at {}", server::format_lsn(start_lsn));
-    let aux = readers[0].client();
-    let timeline = server::current_timeline(aux)?;
-    let listing = server::list_data_directory(
-        aux,
-        &plan::listing_skip_names(),
-        &plan::listing_skip_paths(),
-    )?;
-    let mut plan = plan::build(
-        &listing,
-        tablespaces,
-        &info.tablespace_version_dir(),
-        settings.only_paths.as_deref(),
-        settings.chunk_size,
-    )
-    .map_err(|e| Failure::new(Exit::Backup, e))?;
+    info!("backup started at {}", PgLsn::from(start_lsn));
+    let queries = sessions.queries().client();
+    let timeline = server::current_timeline(queries)?;
+    let mut plan = plan_copy(queries, info, &run.tablespaces, settings, Exit::Backup)?;
     if settings.tar.is_none() {
         plan.tasks = plan::spread_files(plan.tasks);
     }
@@ -432,14 +326,49 @@ fn backup_into(
     for s in &plan.skipped {
         log::debug!("skipped {s}");
     }
-    if let Some(d) = delta.as_deref_mut() {
-        d.prune(&plan, targets, info.major())?;
+    if let Some(d) = delta {
+        d.prune(&plan, &run.targets, info.major())?;
     }
-    out.layout(&plan, info, targets)?;
-    let manifest_alg = settings.manifest.filter(|_| info.major() >= 13);
+    out.layout(&plan, info, &run.targets)?;
+    Ok(Started {
+        start_lsn,
+        timeline,
+        plan,
+        promotion_watch,
+    })
+}
+
+/// What the copy phase produced.
+struct Copied {
+    outcome: CopyOutcome,
+    integrity: Integrity,
+    /// The manifest's checksum algorithm, when a manifest is written.
+    manifest_alg: Option<ChecksumAlgorithm>,
+    /// The files whose names are not UTF-8, for the manifest.
+    odd_files: Vec<OddFile>,
+    /// global/pg_control as read last, written last.
+    pg_control: Option<Vec<u8>>,
+}
+
+/// Copy: every file of the plan, in parallel with the WAL (-x); then the
+/// files whose names are not UTF-8 and, after every other file,
+/// pg_control.
+fn copy<'f>(
+    run: &Run,
+    sessions: &mut Sessions,
+    started: &mut Started,
+    follower: Option<WalFollower<'f>>,
+    out: &dyn Output,
+    delta: Option<&Delta>,
+    progress: &Progress,
+) -> Result<(Copied, Option<WalFollower<'f>>)> {
+    let (settings, info, plan) = (run.settings, run.info, &started.plan);
+    let manifest_alg = settings
+        .manifest
+        .filter(|_| info.version_num >= MINIMUM_VERSION_FOR_MANIFESTS);
     let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
         .then_some(PageVerification {
-            start_lsn,
+            start_lsn: started.start_lsn,
             blocks_per_segment: info.blocks_per_segment,
         });
     let integrity = Integrity::new(
@@ -448,24 +377,60 @@ fn backup_into(
         pages,
         settings.jobs as u64 * settings.chunk_size,
     );
+    let job = Job {
+        plan,
+        sink: out.sink(),
+        integrity: &integrity,
+        progress,
+        delta,
+    };
+    let promotion_watch = started.promotion_watch.take();
+    let (outcome, follower) = copy_watched(run, sessions, promotion_watch, follower, out, &job)?;
+    let queries = sessions.queries();
+    let odd_files = odd_names::copy(
+        queries.client(),
+        &plan.odd,
+        out,
+        settings.chunk_size,
+        manifest_alg,
+    )?;
+    // global/pg_control: read after every other file, written after the label.
+    let pg_control = match plan.pg_control {
+        Some(i) => Some(pg_control::read_consistent(info.major(), || {
+            queries.read_whole(&plan.files[i].path, plan.files[i].size)
+        })?),
+        None => None,
+    };
+    progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
+    let copied = Copied {
+        outcome,
+        integrity,
+        manifest_alg,
+        odd_files,
+        pg_control,
+    };
+    Ok((copied, follower))
+}
 
-    let progress = Progress::new(settings.progress, plan.total_bytes());
+/// The workers copy the plan while beside them the WAL follower copies WAL
+/// and two watches ask whether the backup still stands: the control
+/// session's (losing it ends the backup) and, on a standby, the promotion
+/// watch. A failure of any of them stops the workers.
+fn copy_watched<'f>(
+    run: &Run,
+    sessions: &mut Sessions,
+    promotion_watch: Option<Client>,
+    follower: Option<WalFollower<'f>>,
+    out: &dyn Output,
+    job: &Job,
+) -> Result<(CopyOutcome, Option<WalFollower<'f>>)> {
+    let (settings, abort) = (run.settings, run.abort);
     let wal_done = AtomicBool::new(false);
-    let reconnect_wal = || open_reader(spec, settings, WAL_NAME);
-    let mut follower = wal_reader.map(|r| {
-        WalFollower::new(
-            r,
-            &reconnect_wal,
-            info,
-            timeline,
-            start_lsn,
-            settings.chunk_size,
-            &progress,
-        )
-    });
-    let (copied, readers_back, follower) = std::thread::scope(|s| -> Result<_> {
+    let workers = std::mem::take(&mut sessions.workers);
+    let control = &mut sessions.control;
+    let (copied, workers, follower) = std::thread::scope(|s| -> Result<_> {
+        let wal_done = &wal_done;
         let promotion = promotion_watch.map(|client| {
-            let wal_done = &wal_done;
             std::thread::Builder::new()
                 .name("watch promotion".into())
                 .spawn_scoped(s, move || {
@@ -473,11 +438,9 @@ fn backup_into(
                 })
                 .expect("spawn the standby promotion watch")
         });
-        // The backup lives in the control session: losing it ends the copy.
         let watch = watchdog::watch(s, control, abort);
         let wal_dest = out.wal_dest();
-        let wal_thread = follower.take().map(|mut f| {
-            let wal_done = &wal_done;
+        let wal_thread = follower.map(|mut f| {
             std::thread::Builder::new()
                 .name("wal".into())
                 .spawn_scoped(s, move || -> Result<WalFollower> {
@@ -490,19 +453,8 @@ fn backup_into(
                 })
                 .expect("spawn the WAL thread")
         });
-        let job = copy::Job {
-            plan: &plan,
-            sink: out.sink(),
-            integrity: &integrity,
-            progress: &progress,
-            delta: delta.as_deref(),
-        };
-        let copied = copy::copy_files(
-            std::mem::take(&mut readers),
-            &job,
-            &|| open_reader(spec, settings, WORKER_NAME),
-            abort,
-        );
+        let reconnect = || open_reader(run.spec, settings, WORKER_NAME);
+        let copied = copy_files(workers, job, &reconnect, abort);
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread
             .map(|t| t.join().expect("the WAL thread panicked"))
@@ -513,29 +465,40 @@ fn backup_into(
         // A promotion or a failed WAL thread is what stopped the copy: its
         // error comes first.
         watch.verdict(promoted.and_then(|_| {
-            follower.and_then(|follower| {
-                copied.map(|(copied, readers_back)| (copied, readers_back, follower))
-            })
+            follower
+                .and_then(|follower| copied.map(|(copied, workers)| (copied, workers, follower)))
         }))
     })?;
-    readers = readers_back;
-    let odd_files = odd_names::copy(
-        readers[0].client(),
-        &plan.odd,
-        out,
-        settings.chunk_size,
-        manifest_alg,
-    )?;
+    sessions.workers = workers;
+    Ok((copied, follower))
+}
 
-    // global/pg_control: read after every other file, written after the label.
-    let pg_control = match plan.pg_control {
-        Some(i) => Some(pg_control::read_consistent(info.major(), || {
-            read_whole(&mut readers[0], &plan.files[i].path, plan.files[i].size)
-        })?),
-        None => None,
-    };
-    progress.add_data(pg_control.as_ref().map_or(0, |b| b.len() as u64));
-    if wait_for_archive {
+/// What the stop phase learnt.
+struct Stopped {
+    stop: BackupStop,
+    wal: WalCopied,
+}
+
+/// The WAL of the copy: its ranges for the manifest and, with -x, what was
+/// copied.
+struct WalCopied {
+    ranges: Vec<WalRange>,
+    bytes: u64,
+    segments: u64,
+}
+
+/// Stop: the backup stop (which may wait for the archiver) and, with -x,
+/// the WAL through the stop position.
+fn stop(
+    run: &Run,
+    control: &mut Client,
+    started: &Started,
+    follower: Option<WalFollower>,
+    out: &dyn Output,
+    progress: &Progress,
+) -> Result<Stopped> {
+    let info = run.info;
+    if run.wait_for_archive {
         info!(
             "stopping the backup: waiting for the server to archive the WAL the copy needs{}",
             if info.in_recovery {
@@ -547,45 +510,77 @@ fn backup_into(
         );
     }
     // Waiting for the archiver can take long: a signal cancels it (interrupt.rs).
-    let stop = server::stop_backup(control, info, wait_for_archive)?;
+    let stop = server::stop_backup(control, info, run.wait_for_archive)?;
     info!(
         "backup stopped at {}{}",
-        server::format_lsn(stop.lsn),
+        PgLsn::from(stop.lsn),
         if info.in_recovery {
             " (the standby's minimum recovery point)"
         } else {
             ""
         }
     );
-    if wait_for_archive {
+    if run.wait_for_archive {
         info!(
             "the server has archived the WAL the copy needs, through segment {}",
-            wal::segment_name(
-                timeline,
+            segment_name(
+                started.timeline,
                 (stop.lsn - 1) / info.wal_segment_size,
                 info.wal_segment_size
             )
         );
     }
-    let (mut wal_bytes, mut wal_segments) = (0, 0);
-    // Without -x the copy's WAL comes from elsewhere; its range is the
-    // start timeline's.
-    let mut wal_ranges = vec![WalRange {
-        timeline,
-        start_lsn,
-        end_lsn: stop.lsn,
-    }];
-    if let Some(mut f) = follower {
-        let dest = out.wal_dest().context("no directory for the WAL")?;
-        f.complete_through(dest, stop.lsn, settings.wal_poll, abort)?;
-        (wal_bytes, wal_segments) = (progress.wal_bytes(), f.segments_copied());
-        wal_ranges = f.wal_ranges(stop.lsn);
-    }
+    let wal = complete_wal(run, started, follower, stop.lsn, out, progress)?;
     progress.finish();
-    for &i in &copied.vanished {
+    Ok(Stopped { stop, wal })
+}
+
+/// The WAL from the start to `stop_lsn`: with -x the follower's final
+/// sweep; without, it comes from elsewhere and its range is the start
+/// timeline's.
+fn complete_wal(
+    run: &Run,
+    started: &Started,
+    follower: Option<WalFollower>,
+    stop_lsn: Lsn,
+    out: &dyn Output,
+    progress: &Progress,
+) -> Result<WalCopied> {
+    let Some(mut f) = follower else {
+        return Ok(WalCopied {
+            ranges: vec![WalRange {
+                timeline: started.timeline,
+                start_lsn: started.start_lsn,
+                end_lsn: stop_lsn,
+            }],
+            bytes: 0,
+            segments: 0,
+        });
+    };
+    let dest = out.wal_dest().context("no directory for the WAL")?;
+    f.complete_through(dest, stop_lsn, run.settings.wal_poll, run.abort)?;
+    Ok(WalCopied {
+        ranges: f.wal_ranges(stop_lsn),
+        bytes: progress.wal_bytes(),
+        segments: f.segments_copied(),
+    })
+}
+
+/// Finish: what is left is writing DEST. The files that vanished go, then
+/// come the labels from the stop call, the manifest, -R's settings, and
+/// pg_control last.
+fn finish(
+    run: &Run,
+    out: &mut dyn Output,
+    started: &Started,
+    copied: &Copied,
+    stopped: &Stopped,
+) -> Result<Finished> {
+    let (settings, info, plan) = (run.settings, run.info, &started.plan);
+    for &i in &copied.outcome.vanished {
         out.drop_vanished(&plan.files[i].path)?;
     }
-    if abort.is_set() {
+    if run.abort.is_set() {
         anyhow::bail!("backup interrupted");
     }
     // Only writing DEST is left: a signal from here on lets the backup complete.
@@ -595,58 +590,78 @@ fn backup_into(
     }
     out.pack_wal()?;
     let now = unix_now();
-    let tablespace_map = mapped_tablespace_map(&stop.tablespace_map, targets, info.major());
+    let tablespace_map = tablespaces::mapped_tablespace_map(
+        &stopped.stop.tablespace_map,
+        &run.targets,
+        info.version_num,
+    );
     if !tablespace_map.is_empty() {
         out.put_file("tablespace_map", tablespace_map.as_bytes(), now)?;
     }
-    out.put_file("backup_label", stop.label_file.as_bytes(), now)?;
-    if let Some(alg) = manifest_alg {
-        let manifest = ManifestWriter::new(info.major(), info.system_identifier, alg);
-        for (i, f) in plan.files.iter().enumerate() {
-            if !copied.vanished.contains(&i) && Some(i) != plan.pg_control {
-                manifest.add_file(
-                    f.path.as_bytes(),
-                    f.size,
-                    f.mtime,
-                    integrity.file_checksum(i)?,
-                );
-            }
-        }
-        for f in odd_files {
-            manifest.add_file(&f.path, f.size, f.mtime, f.checksum);
-        }
-        let mut in_memory = vec![("backup_label", stop.label_file.as_bytes(), now)];
-        if !tablespace_map.is_empty() {
-            in_memory.push(("tablespace_map", tablespace_map.as_bytes(), now));
-        }
-        if let (Some(i), Some(bytes)) = (plan.pg_control, &pg_control) {
-            in_memory.push((plan::PG_CONTROL, bytes, plan.files[i].mtime));
-        }
-        for (path, bytes, mtime) in in_memory {
-            manifest.add_file(
-                path.as_bytes(),
-                bytes.len() as u64,
-                mtime,
-                checksum_of(alg, bytes)?,
-            );
-        }
-        out.put_manifest(manifest.finish(&wal_ranges)?)?;
+    out.put_file("backup_label", stopped.stop.label_file.as_bytes(), now)?;
+    if let Some(alg) = copied.manifest_alg {
+        let manifest = manifest(run, started, copied, stopped, alg, &tablespace_map, now)?;
+        out.put_manifest(manifest)?;
     }
     if settings.write_recovery_conf {
-        write_recovery_conf(out, spec, info, now)?;
+        write_recovery_conf(out, run.spec, info, now)?;
     }
-    if let (Some(i), Some(bytes)) = (plan.pg_control, pg_control) {
-        out.put_file(plan::PG_CONTROL, &bytes, plan.files[i].mtime)?;
+    if let (Some(i), Some(bytes)) = (plan.pg_control, &copied.pg_control) {
+        out.put_file(plan::PG_CONTROL, bytes, plan.files[i].mtime)?;
     }
     out.finish()?;
     Ok(Finished {
-        files: plan.files.len() - copied.vanished.len(),
-        bytes: copied.bytes,
-        wal_bytes,
-        wal_segments,
-        manifest_written: manifest_alg.is_some(),
-        page_failures: integrity.page_failures(),
+        files: plan.files.len() - copied.outcome.vanished.len(),
+        bytes: copied.outcome.bytes,
+        wal_bytes: stopped.wal.bytes,
+        wal_segments: stopped.wal.segments,
+        manifest_written: copied.manifest_alg.is_some(),
+        page_failures: copied.integrity.page_failures(),
     })
+}
+
+/// backup_manifest: every file copied, with the labels and pg_control that
+/// were written from memory, and the WAL ranges.
+fn manifest(
+    run: &Run,
+    started: &Started,
+    copied: &Copied,
+    stopped: &Stopped,
+    alg: ChecksumAlgorithm,
+    tablespace_map: &str,
+    now: i64,
+) -> Result<Vec<u8>> {
+    let plan = &started.plan;
+    let manifest = ManifestWriter::new(run.info.major(), run.info.system_identifier, alg);
+    for (i, f) in plan.files.iter().enumerate() {
+        if !copied.outcome.vanished.contains(&i) && Some(i) != plan.pg_control {
+            manifest.add_file(
+                f.path.as_bytes(),
+                f.size,
+                f.mtime,
+                copied.integrity.file_checksum(i)?,
+            );
+        }
+    }
+    for f in &copied.odd_files {
+        manifest.add_file(&f.path, f.size, f.mtime, f.checksum.clone());
+    }
+    let mut in_memory = vec![("backup_label", stopped.stop.label_file.as_bytes(), now)];
+    if !tablespace_map.is_empty() {
+        in_memory.push(("tablespace_map", tablespace_map.as_bytes(), now));
+    }
+    if let (Some(i), Some(bytes)) = (plan.pg_control, &copied.pg_control) {
+        in_memory.push((plan::PG_CONTROL, bytes, plan.files[i].mtime));
+    }
+    for (path, bytes, mtime) in in_memory {
+        manifest.add_file(
+            path.as_bytes(),
+            bytes.len() as u64,
+            mtime,
+            checksum_of(alg, bytes)?,
+        );
+    }
+    manifest.finish(&stopped.wal.ranges)
 }
 
 /// -R: make the copy start as a streaming standby of the source. The
@@ -663,7 +678,7 @@ fn write_recovery_conf(
         "primary_conninfo = '{}'\n",
         conninfo.replace('\\', "\\\\").replace('\'', "''")
     );
-    if info.major() >= 12 {
+    if info.version_num >= MINIMUM_VERSION_FOR_RECOVERY_GUC {
         let mut contents = out.copied_file(AUTO_CONF);
         if !contents.is_empty() && !contents.ends_with(b"\n") {
             contents.push(b'\n');
@@ -680,254 +695,53 @@ fn write_recovery_conf(
     }
 }
 
-/// A whole small file into memory (pg_control: 8 kB).
-fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
-    let mut out = None;
-    reader.read(&[(path, 0, size)], |_, data| {
-        out = data.map(<[u8]>::to_vec);
-        Ok(())
-    })?;
-    let mut bytes = out.with_context(|| format!("{path} vanished during the backup"))?;
-    bytes.resize(size as usize, 0);
-    Ok(bytes)
-}
-
-pub(crate) fn shell_quote(p: &Path) -> String {
-    let s = p.to_string_lossy();
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b))
-    {
-        s.into_owned()
+/// The summary of a backup that worked, and where its WAL must come from.
+fn report(run: &Run, done: &Finished, out: &dyn Output, began: Instant) {
+    let settings = run.settings;
+    let summary = Summary {
+        files: done.files as u64,
+        data_bytes: done.bytes,
+        wal_segments: done.wal_segments,
+        wal_bytes: done.wal_bytes,
+        seconds: began.elapsed().as_secs_f64(),
+        checksum_failures: done.page_failures.len() as u64,
+        manifest_written: done.manifest_written,
+    };
+    if done.page_failures.is_empty() {
+        info!("{summary}");
     } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
+        warn!("{summary}");
     }
-}
-
-/// -S --stdin: copy the given files into DEST, with no backup start or stop
-/// (another process runs the backup).
-fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
-    let (_control, info) = open_control(spec)?;
-    let mut readers = open_readers(spec, settings, settings.jobs)?;
-    let aux = readers[0].client();
-    server::check_privileges(aux, &info, false)?;
-    let tablespaces = server::tablespaces(aux)?;
-    let listing = server::list_data_directory(
-        aux,
-        &plan::listing_skip_names(),
-        &plan::listing_skip_paths(),
-    )?;
-    let mut plan = plan::build(
-        &listing,
-        &tablespaces,
-        &info.tablespace_version_dir(),
-        settings.only_paths.as_deref(),
-        settings.chunk_size,
-    )
-    .map_err(|e| Failure::new(Exit::Usage, e))?;
-    // Here pg_control is an ordinary file: the caller decides the order.
-    plan.tasks = plan::chunk(&plan.files, None, settings.chunk_size);
-    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-    dest.create_dirs(
-        plan.files
-            .iter()
-            .filter_map(|f| f.path.rsplit_once('/').map(|(dir, _)| dir)),
-    )?;
-    let integrity = Integrity::new(&plan.files, None, None, 0);
-    let progress = Progress::new(settings.progress, plan.total_bytes());
-    let job = copy::Job {
-        plan: &plan,
-        sink: &dest,
-        integrity: &integrity,
-        progress: &progress,
-        delta: None,
-    };
-    let (copied, mut readers) = copy::copy_files(
-        readers,
-        &job,
-        &|| open_reader(spec, settings, WORKER_NAME),
-        abort,
-    )?;
-    dest.create_dirs(
-        plan.odd
-            .iter()
-            .filter_map(|o| Path::new(OsStr::from_bytes(&o.path)).parent()),
-    )?;
-    let odd = odd_names::copy(
-        readers[0].client(),
-        &plan.odd,
-        &dest,
-        settings.chunk_size,
-        None,
-    )?;
-    progress.finish();
-    for &i in &copied.vanished {
-        dest.remove_file(&plan.files[i].path)?;
-    }
-    if settings.sync {
-        dest.sync()?;
-    }
+    let options = &settings.read_options;
     info!(
-        "copied {} files, {} MB",
-        plan.files.len() - copied.vanished.len() + odd.len(),
-        copied.bytes >> 20
+        "{} bytes crossed the wire for {} bytes read",
+        options.wire_bytes.load(Ordering::Relaxed),
+        options.data_bytes.load(Ordering::Relaxed)
     );
-    Ok(())
+    archive::warn_no_wal(settings.fetch_wal, &run.archive_mode, run.info.in_recovery);
+    out.announce(done.manifest_written);
 }
 
-/// -S -x: keep DEST/pg_wal up to date until stdin says `terminate` or a
-/// signal arrives (the original's warm-standby feed).
-fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
-    let (mut control, info) = open_control(spec)?;
-    let mut reader = open_reader(spec, settings, WAL_NAME)?;
-    server::check_privileges(reader.client(), &info, false)?;
-    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-    dest.create_dirs(plan::required_empty_dirs(info.major()))?;
-    let timeline = server::current_timeline(reader.client())?;
-    // Continue from the newest segment we already hold, else from the last
-    // checkpoint's redo point (what a backup taken now would need).
-    let newest_held = std::fs::read_dir(dest.path("pg_wal"))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| wal::parse_segment_name(&n, info.wal_segment_size))
-        .filter(|(tli, _)| *tli == timeline)
-        .map(|(_, segno)| segno)
-        .max();
-    let start_lsn = match newest_held {
-        Some(segno) => segno * info.wal_segment_size,
-        None => server::last_redo_lsn(reader.client())?,
-    };
-    // A slot keeps the server from recycling WAL we have not copied yet; we
-    // move it forward as segments complete (pg_replication_slot_advance, 11+).
-    let slot = match (
-        server::slot_obstacle(reader.client())?,
-        info.version_num >= 110000,
-    ) {
-        (None, true) => {
-            let name = format!("pg_basebackup_{}", server::backend_pid(&mut control)?);
-            match server::create_temporary_slot(&mut control, &name) {
-                Ok(()) => Some(name),
-                Err(e) => {
-                    warn!("could not create a temporary replication slot: {e:#}");
-                    None
-                }
-            }
-        }
-        (Some(why), _) => {
-            warn!("no replication slot ({why}): WAL may be recycled before it is copied");
-            None
-        }
-        (None, false) => {
-            warn!(
-                "no replication slot on PostgreSQL 10 (it cannot advance one): set wal_keep_segments"
-            );
-            None
-        }
-    };
-    let stdin_abort = abort.clone();
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            for line in std::io::stdin().lines() {
-                match line {
-                    Ok(l) if l.trim() == "terminate" => break,
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-            stdin_abort.terminate();
-        })?;
-    let reconnect = || open_reader(spec, settings, WAL_NAME);
-    let progress = Progress::new(settings.progress, 0);
-    let mut follower = WalFollower::new(
-        reader,
-        &reconnect,
-        &info,
-        timeline,
-        start_lsn,
-        settings.chunk_size,
-        &progress,
-    );
-    println!(
-        "pg_basebackup: following WAL from {} into {}",
-        follower.start_segment(),
-        dest.path("pg_wal").display()
-    );
-    let mut slot_at = start_lsn;
-    loop {
-        if cut_short_by_stop(follower.poll(&dest, abort), abort)? {
-            break;
-        }
-        if let Some(name) = &slot {
-            // Everything before the first segment we do not hold in full can go.
-            let mut next = start_lsn / info.wal_segment_size;
-            for segno in follower.complete_segments() {
-                if segno == next {
-                    next += 1;
-                }
-            }
-            let lsn = next * info.wal_segment_size;
-            if lsn > slot_at {
-                if cut_short_by_stop(server::advance_slot(&mut control, name, lsn), abort)? {
-                    break;
-                }
-                slot_at = lsn;
-            }
-        }
-        if abort.sleep(settings.wal_poll) {
-            break;
-        }
-    }
+/// A backup that failed: every thread is told to stop, and DEST removed
+/// (kept with --keep-partial, and a refreshed copy always: it resumes).
+fn fail(run: &Run, e: anyhow::Error, out: Box<dyn Output>, refresh: bool) -> anyhow::Error {
+    let (settings, abort) = (run.settings, run.abort);
+    abort.fail();
     crate::interrupt::only_local_work_left();
-    if settings.sync {
-        dest.sync()?;
-    }
-    println!(
-        "pg_basebackup: WAL follower stopped ({} bytes of WAL copied)",
-        progress.wal_bytes()
-    );
-    Ok(())
-}
-
-/// Whether a step of the -S -x feed failed because a signal cancelled it
-/// (interrupt.rs): a requested stop all the same, the next run copies that
-/// segment again. Other failures are returned.
-fn cut_short_by_stop(step: Result<impl Sized>, abort: &Abort) -> Result<bool> {
-    match step {
-        Err(e) if abort.signalled() => {
-            log::debug!("cut short by the stop: {e:#}");
-            Ok(true)
-        }
-        Err(e) => Err(e),
-        Ok(_) => Ok(false),
-    }
-}
-
-/// Used by tests of the tablespace map rewrite.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tablespace_map_points_at_the_copies() {
-        let map = "16400 /srv/ts1\n16401 /srv/ts\\\\2\n";
-        let targets = vec![(16400, PathBuf::from("/copy/ts1"))];
-        assert_eq!(
-            mapped_tablespace_map(map, &targets, 15),
-            "16400 /copy/ts1\n16401 /srv/ts\\\\2\n"
-        );
-        let targets = vec![(16401, PathBuf::from("/c/a\\b"))];
-        assert_eq!(
-            mapped_tablespace_map(map, &targets, 15),
-            "16400 /srv/ts1\n16401 /c/a\\\\b\n"
-        );
-        assert_eq!(
-            mapped_tablespace_map(map, &targets, 13),
-            "16400 /srv/ts1\n16401 /c/a\\b\n"
+    let e = if abort.signalled() {
+        e.context(Failure::new(Exit::Interrupted, "interrupted by a signal"))
+    } else {
+        e
+    };
+    if refresh {
+        warn!(
+            "the partial copy in {} was kept; it is NOT restorable, run again with --delta to resume",
+            settings.dest.display()
         );
     }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(shell_quote(Path::new("/srv/pg/copy")), "/srv/pg/copy");
-        assert_eq!(shell_quote(Path::new("/srv/my copy")), "'/srv/my copy'");
+    // A refresh's DEST is shared: fail() leaves it as it is.
+    if let Err(cleanup) = out.fail(settings.keep_partial && !refresh) {
+        warn!("{cleanup:#}");
     }
+    e
 }

@@ -1,4 +1,145 @@
-//! One run of the tool: the mode the settings ask for.
+//! One run of the tool: the settings pick the mode, one file each.
+//!
+//! A backup (`backup`), the default; `--clean` ends what an earlier tool
+//! left on the server (`clean`); `-S --stdin` copies the files it is given
+//! while another process runs the backup (`aux_copy`); `-S -x` keeps
+//! DEST/pg_wal up to date (`wal_feed`). Here too is what the modes share:
+//! the sessions a run opens, its temporary slot and its plan.
 
-pub mod backup;
-pub use backup::run;
+mod aux_copy;
+mod backup;
+mod clean;
+mod tablespaces;
+mod wal_feed;
+
+use anyhow::Result;
+use log::{info, warn};
+use postgres::Client;
+
+use crate::abort::Abort;
+use crate::cli::{Mode, Settings};
+use crate::conn::ConnSpec;
+use crate::error::{Exit, Failure};
+use crate::plan::{self, Plan};
+use crate::session::reader::Reader;
+use crate::session::server::{self, ServerInfo, Tablespace};
+
+/// application_name of each kind of session, so a DBA can tell them apart
+/// in pg_stat_activity.
+const APPLICATION_NAME: &str = "pg_basebackup";
+const WORKER_NAME: &str = "pg_basebackup worker";
+const WAL_NAME: &str = "pg_basebackup wal";
+const WATCH_NAME: &str = "pg_basebackup watch";
+
+/// Run the mode the settings ask for.
+pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
+    let spec = ConnSpec::from_dsn(&settings.dsn)?;
+    match settings.mode {
+        Mode::Clean => clean::clean(&spec),
+        Mode::Backup => backup::backup(settings, &spec, abort),
+        Mode::AuxiliaryCopy => aux_copy::auxiliary_copy(settings, &spec, abort),
+        Mode::WalFollower => wal_feed::follow_wal(settings, &spec, abort),
+    }
+}
+
+/// The control session, with timeouts off, and what the server is. A
+/// backup lives in this session and so does the temporary slot: it runs
+/// only statements that cannot fail, since an ERROR would silently drop
+/// the slot.
+fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
+    info!("connecting to {}", spec.describe());
+    let mut client = spec.connect(APPLICATION_NAME)?;
+    let info = server::probe(&mut client)?;
+    server::disable_timeouts(&mut client)?;
+    info!(
+        "server version {}, WAL segment size {} MB{}",
+        info.version_num,
+        info.wal_segment_size >> 20,
+        if info.in_recovery { ", a standby" } else { "" }
+    );
+    Ok((client, info))
+}
+
+/// `n` reading sessions sharing the run's rate limit.
+fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
+    (0..n)
+        .map(|_| open_reader(spec, settings, WORKER_NAME))
+        .collect()
+}
+
+fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
+    Reader::new(
+        spec.connect(application_name)?,
+        settings.read_options.clone(),
+    )
+}
+
+/// The sessions a run opens up front, once the server said it has room
+/// for them.
+struct Sessions {
+    /// The copy's workers, one reading session each.
+    workers: Vec<Reader>,
+    /// The WAL follower's (-x).
+    wal: Option<Reader>,
+    /// See [`open_control`]. Declared last, so closed last: closing it
+    /// ends the backup on the server.
+    control: Client,
+}
+
+impl Sessions {
+    /// The session for the run's own questions outside the copy
+    /// (privileges, tablespaces, the listing, the files whose names are not
+    /// UTF-8, pg_control): the first worker's. It is idle then, so asking
+    /// costs no connection of its own, and an ERROR there, unlike on the
+    /// control session, cannot touch the backup.
+    fn queries(&mut self) -> &mut Reader {
+        &mut self.workers[0]
+    }
+}
+
+/// A temporary slot on the control session, named after its backend,
+/// unless `obstacle` says the role cannot have one; returns its name.
+/// Without a slot the run goes on, having warned (`going_on` ends the
+/// warning of a failed creation).
+fn temporary_slot(
+    control: &mut Client,
+    obstacle: Option<&str>,
+    going_on: &str,
+) -> Result<Option<String>> {
+    if let Some(why) = obstacle {
+        warn!("no replication slot ({why}): WAL may be recycled before it is copied");
+        return Ok(None);
+    }
+    let name = format!("pg_basebackup_{}", server::backend_pid(control)?);
+    match server::create_temporary_slot(control, &name) {
+        Ok(()) => Ok(Some(name)),
+        Err(e) => {
+            warn!("could not create a temporary replication slot{going_on}: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// List the data directory and plan its copy; a plan the listing does not
+/// allow (`--only` naming what is not there, ...) fails with `exit`.
+fn plan_copy(
+    client: &mut Client,
+    info: &ServerInfo,
+    tablespaces: &[Tablespace],
+    settings: &Settings,
+    exit: Exit,
+) -> Result<Plan> {
+    let listing = server::list_data_directory(
+        client,
+        &plan::listing_skip_names(),
+        &plan::listing_skip_paths(),
+    )?;
+    Ok(plan::build(
+        &listing,
+        tablespaces,
+        &info.tablespace_version_dir(),
+        settings.only_paths.as_deref(),
+        settings.chunk_size,
+    )
+    .map_err(|e| Failure::new(exit, e))?)
+}

@@ -1,39 +1,21 @@
-//! Every SQL statement the tool sends, chosen by server version.
-//!
-//! The backup API was renamed in PostgreSQL 15 (`pg_start_backup` became
-//! `pg_backup_start`, exclusive mode went away); everything else we use has
-//! been stable since 10. Keeping all SQL here means a new server version is a
-//! change to this file only. Statements are logged at debug level (`-d`);
-//! none of them carries a password.
+//! What the tool asks of the server, statement by statement: what it is
+//! (probe), whether the role may do what the run needs, the slot, the
+//! backup's start and stop, WAL positions and directory listings. The SQL
+//! texts are in [`sql`].
 
 use anyhow::{Context, Result};
 use log::debug;
 use postgres::Client;
-use postgres::types::{FromSql, Type};
+use postgres::types::{FromSql, PgLsn, Type};
 
 use crate::bail_with;
 use crate::error::{Exit, ExitContext};
-
-/// The oldest server this tool supports: the first with non-exclusive backups
-/// that can be stopped with `wait_for_archive => false` and temporary slots.
-pub const MIN_SERVER_VERSION: u32 = 100000;
-
-/// A WAL location (`pg_lsn`), as a byte position.
-pub type Lsn = u64;
-
-/// Parse `X/Y` as PostgreSQL prints a pg_lsn.
-pub fn parse_lsn(s: &str) -> Result<Lsn> {
-    let (hi, lo) = s
-        .split_once('/')
-        .with_context(|| format!("invalid LSN {s:?}"))?;
-    let hi = u32::from_str_radix(hi.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
-    let lo = u32::from_str_radix(lo.trim(), 16).with_context(|| format!("invalid LSN {s:?}"))?;
-    Ok((u64::from(hi) << 32) | u64::from(lo))
-}
-
-pub fn format_lsn(lsn: Lsn) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
+use crate::pg::Lsn;
+use crate::pg::version::{
+    MINIMUM_SUPPORTED_VERSION, MINIMUM_VERSION_FOR_BACKUP_START,
+    MINIMUM_VERSION_FOR_FILE_ACCESS_GRANTS,
+};
+use crate::session::sql;
 
 /// Run and log one statement that returns nothing we need.
 fn execute(client: &mut Client, sql: &str) -> Result<()> {
@@ -85,10 +67,10 @@ impl ServerInfo {
     }
 }
 
-/// Refuse a server older than [`MIN_SERVER_VERSION`], naming its version as
-/// it was numbered then (`90624` is 9.6).
+/// Refuse a server older than [`MINIMUM_SUPPORTED_VERSION`], naming its
+/// version as it was numbered then (`90624` is 9.6).
 fn check_supported(version_num: u32) -> Result<()> {
-    if version_num < MIN_SERVER_VERSION {
+    if version_num < MINIMUM_SUPPORTED_VERSION {
         bail_with!(
             Exit::Server,
             "server version {}.{} is not supported: this tool needs PostgreSQL 10 or newer",
@@ -101,22 +83,9 @@ fn check_supported(version_num: u32) -> Result<()> {
 
 /// Learn the server's version and layout; refuse servers older than 10.
 pub fn probe(client: &mut Client) -> Result<ServerInfo> {
-    let sql = "SELECT current_setting('server_version_num')::int4";
-    let version_num = query_one(client, sql, &[])?.get::<_, i32>(0) as u32;
+    let version_num = query_one(client, sql::SERVER_VERSION_NUM, &[])?.get::<_, i32>(0) as u32;
     check_supported(version_num)?;
-    // data_directory_mode appeared in 11; 10 always uses 0700.
-    let mode_sql = if version_num >= 110000 {
-        "current_setting('data_directory_mode')"
-    } else {
-        "'0700'"
-    };
-    let sql = format!(
-        "SELECT pg_is_in_recovery(), i.bytes_per_wal_segment::int8, s.catalog_version_no::int8, \
-                s.system_identifier::text, {mode_sql}, i.data_page_checksum_version::int8, \
-                i.database_block_size::int8, i.blocks_per_segment::int8 \
-           FROM pg_control_init() i, pg_control_system() s"
-    );
-    let row = query_one(client, &sql, &[])?;
+    let row = query_one(client, &sql::server_layout(version_num), &[])?;
     let mode_text: String = row.get(4);
     let data_directory_mode =
         u32::from_str_radix(mode_text.trim_start_matches('0'), 8).unwrap_or(0o700);
@@ -143,26 +112,15 @@ pub fn probe(client: &mut Client) -> Result<ServerInfo> {
 /// Turn off every timeout that could end a long, mostly idle session, and
 /// JIT: the listing query's row estimate is huge, and compiling it costs
 /// more than running it.
-/// `idle_session_timeout` exists only on 14+, so pick the names from
-/// pg_settings instead of SETting them blindly (an unknown name is an ERROR).
 pub fn disable_timeouts(client: &mut Client) -> Result<()> {
-    execute(
-        client,
-        "SELECT set_config(name, '0', false) FROM pg_settings \
-          WHERE name IN ('statement_timeout', 'lock_timeout', \
-                         'idle_in_transaction_session_timeout', 'idle_session_timeout', 'jit')",
-    )
+    execute(client, sql::DISABLE_TIMEOUTS)
 }
 
 /// Whether the current role may create a temporary physical slot, and why
 /// not. Asked before creating one, because an ERROR in the control session
 /// is exactly what we must avoid.
 pub fn slot_obstacle(client: &mut Client) -> Result<Option<String>> {
-    let sql = "SELECT (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), \
-                      current_setting('wal_level'), \
-                      current_setting('max_replication_slots')::int4, \
-                      (SELECT count(*) FROM pg_replication_slots)::int4";
-    let row = query_one(client, sql, &[])?;
+    let row = query_one(client, sql::SLOT_OBSTACLE, &[])?;
     let may: Option<bool> = row.get(0);
     let wal_level: String = row.get(1);
     let max_slots: i32 = row.get(2);
@@ -183,21 +141,19 @@ pub fn slot_obstacle(client: &mut Client) -> Result<Option<String>> {
 /// Create a temporary slot that keeps WAL from the last redo point on. It
 /// lives as long as the session that created it.
 pub fn create_temporary_slot(client: &mut Client, name: &str) -> Result<()> {
-    let sql = "SELECT 1 FROM pg_create_physical_replication_slot($1, true, true)";
-    query_one(client, sql, &[&name])?;
+    query_one(client, sql::CREATE_TEMPORARY_SLOT, &[&name])?;
     Ok(())
 }
 
 /// Move a slot forward so the server may recycle WAL we already have (11+).
 pub fn advance_slot(client: &mut Client, name: &str, lsn: Lsn) -> Result<()> {
-    let sql = "SELECT 1 FROM pg_replication_slot_advance($1, $2::text::pg_lsn)";
-    query_one(client, sql, &[&name, &format_lsn(lsn)])?;
+    query_one(client, sql::ADVANCE_SLOT, &[&name, &PgLsn::from(lsn)])?;
     Ok(())
 }
 
 /// The backend PID of a session, used to name its slot.
 pub fn backend_pid(client: &mut Client) -> Result<i32> {
-    Ok(query_one(client, "SELECT pg_backend_pid()", &[])?.get(0))
+    Ok(query_one(client, sql::BACKEND_PID, &[])?.get(0))
 }
 
 /// Start a non-exclusive backup in this session; returns the start LSN.
@@ -207,15 +163,14 @@ pub fn start_backup(
     label: &str,
     fast: bool,
 ) -> Result<Lsn> {
-    let sql = if info.version_num >= 150000 {
-        "SELECT pg_backup_start($1, $2)::text"
-    } else {
-        "SELECT pg_start_backup($1, $2, false)::text"
-    };
-    let lsn: String = query_one(client, sql, &[&label, &fast])
-        .exit_with(Exit::Backup, || "could not start the backup".into())?
-        .get(0);
-    parse_lsn(&lsn)
+    let lsn: PgLsn = query_one(
+        client,
+        sql::start_backup(info.version_num),
+        &[&label, &fast],
+    )
+    .exit_with(Exit::Backup, || "could not start the backup".into())?
+    .get(0);
+    Ok(lsn.into())
 }
 
 /// What the server hands back when a backup ends.
@@ -235,15 +190,14 @@ pub fn stop_backup(
     info: &ServerInfo,
     wait_for_archive: bool,
 ) -> Result<BackupStop> {
-    let sql = if info.version_num >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
-    } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
-    };
-    let row = query_one(client, sql, &[&wait_for_archive])
-        .exit_with(Exit::Backup, || "could not stop the backup".into())?;
+    let row = query_one(
+        client,
+        sql::stop_backup(info.version_num),
+        &[&wait_for_archive],
+    )
+    .exit_with(Exit::Backup, || "could not stop the backup".into())?;
     Ok(BackupStop {
-        lsn: parse_lsn(&row.get::<_, String>(0))?,
+        lsn: row.get::<_, PgLsn>(0).into(),
         label_file: row.get(1),
         tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
     })
@@ -253,12 +207,12 @@ pub fn stop_backup(
 /// non-exclusive backups end with their session and 15+ has no other kind).
 /// Returns whether there was one.
 pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) -> Result<bool> {
-    if info.version_num >= 150000 {
+    if info.version_num >= MINIMUM_VERSION_FOR_BACKUP_START {
         return Ok(false);
     }
-    let in_backup: bool = query_one(client, "SELECT pg_is_in_backup()", &[])?.get(0);
+    let in_backup: bool = query_one(client, sql::IS_IN_BACKUP, &[])?.get(0);
     if in_backup {
-        query_one(client, "SELECT pg_stop_backup()::text", &[]).exit_with(Exit::Server, || {
+        query_one(client, sql::STOP_EXCLUSIVE_BACKUP, &[]).exit_with(Exit::Server, || {
             "could not stop the left-over exclusive backup".into()
         })?;
     }
@@ -267,37 +221,32 @@ pub fn stop_leftover_exclusive_backup(client: &mut Client, info: &ServerInfo) ->
 
 /// The server's archive_mode: off, on or always.
 pub fn archive_mode(client: &mut Client) -> Result<String> {
-    Ok(query_one(client, "SELECT current_setting('archive_mode')", &[])?.get(0))
+    Ok(query_one(client, sql::ARCHIVE_MODE, &[])?.get(0))
 }
 
 /// Whether the server is a standby (still in recovery).
 pub fn in_recovery(client: &mut Client) -> Result<bool> {
-    Ok(query_one(client, "SELECT pg_is_in_recovery()", &[])?.get(0))
+    Ok(query_one(client, sql::IN_RECOVERY, &[])?.get(0))
 }
 
 /// The timeline the server writes WAL on now (on a standby: replays).
 pub fn current_timeline(client: &mut Client) -> Result<u32> {
-    let sql = "SELECT timeline_id::int8 FROM pg_control_checkpoint()";
-    Ok(query_one(client, sql, &[])?.get::<_, i64>(0) as u32)
+    Ok(query_one(client, sql::CURRENT_TIMELINE, &[])?.get::<_, i64>(0) as u32)
 }
 
 /// The REDO location of the latest checkpoint: where a WAL follower that has
 /// nothing yet must start.
 pub fn last_redo_lsn(client: &mut Client) -> Result<Lsn> {
-    let sql = "SELECT redo_lsn::text FROM pg_control_checkpoint()";
-    parse_lsn(&query_one(client, sql, &[])?.get::<_, String>(0))
+    Ok(query_one(client, sql::LAST_REDO_LSN, &[])?
+        .get::<_, PgLsn>(0)
+        .into())
 }
 
 /// How far WAL is safely on the server's disk: bytes before this position
 /// never change again, so they can be copied once.
 pub fn wal_flush_lsn(client: &mut Client, info: &ServerInfo) -> Result<Lsn> {
-    let sql = if info.in_recovery {
-        "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
-    } else {
-        "SELECT pg_current_wal_flush_lsn()::text"
-    };
-    let lsn: Option<String> = query_one(client, sql, &[])?.get(0);
-    parse_lsn(&lsn.context("the server reports no WAL position")?)
+    let lsn: Option<PgLsn> = query_one(client, sql::wal_flush_lsn(info.in_recovery), &[])?.get(0);
+    Ok(lsn.context("the server reports no WAL position")?.into())
 }
 
 /// One entry of a directory listing.
@@ -340,17 +289,7 @@ pub fn list_data_directory(
     skip_names: &[&str],
     skip_paths: &[&str],
 ) -> Result<Vec<ListedEntry>> {
-    let sql = "WITH RECURSIVE tree(path, name, isdir, size, mtime) AS ( \
-                 SELECT e.name, e.name, s.isdir, s.size, s.modification \
-                   FROM pg_ls_dir('.', true, false) AS e(name), pg_stat_file(e.name, true) AS s \
-               UNION ALL \
-                 SELECT t.path || '/' || e.name, e.name, s.isdir, s.size, s.modification \
-                   FROM tree t, pg_ls_dir(t.path, true, false) AS e(name), \
-                        pg_stat_file(t.path || '/' || e.name, true) AS s \
-                  WHERE t.isdir AND NOT t.name = ANY($1) AND NOT t.path = ANY($2) \
-               ) \
-               SELECT path, isdir, size, extract(epoch FROM mtime)::int8 \
-                 FROM tree WHERE isdir IS NOT NULL";
+    let sql = sql::LIST_DATA_DIRECTORY;
     debug!("SQL: {sql}");
     let rows = client
         .query(sql, &[&skip_names, &skip_paths])
@@ -360,9 +299,7 @@ pub fn list_data_directory(
 
 /// List one directory (not recursive), e.g. pg_wal.
 pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>> {
-    let sql = "SELECT $1 || '/' || e.name, s.isdir, s.size, extract(epoch FROM s.modification)::int8 \
-                 FROM pg_ls_dir($1, true, false) AS e(name), pg_stat_file($1 || '/' || e.name, true) AS s \
-                WHERE s.isdir IS NOT NULL";
+    let sql = sql::LIST_DIRECTORY;
     debug!("SQL: {sql} [{dir}]");
     let rows = client
         .query(sql, &[&dir])
@@ -371,27 +308,14 @@ pub fn list_directory(client: &mut Client, dir: &str) -> Result<Vec<ListedEntry>
 }
 
 /// Read `len` bytes at `offset` of a file whose path need not be valid
-/// UTF-8, or None when it is gone. Such a path cannot be sent: the server
-/// validates every text it is sent, but not the names pg_ls_dir returns, so
-/// each component is found server-side among those of its directory by
-/// its bytes (`textsend`).
+/// UTF-8, or None when it is gone ([`sql::READ_BY_RAW_PATH`]).
 pub fn read_by_raw_path(
     client: &mut Client,
     path: &[u8],
     offset: u64,
     len: u64,
 ) -> Result<Option<Vec<u8>>> {
-    let sql = "WITH RECURSIVE name(part) AS (SELECT $1::bytea[]), \
-               walk(depth, path) AS ( \
-                 SELECT 1, f FROM name, pg_ls_dir('.', true, false) AS f \
-                  WHERE textsend(f) = part[1] \
-               UNION ALL \
-                 SELECT w.depth + 1, w.path || '/' || f \
-                   FROM name, walk w, pg_ls_dir(w.path, true, false) AS f \
-                  WHERE w.depth < cardinality(part) AND textsend(f) = part[w.depth + 1] \
-               ) \
-               SELECT pg_read_binary_file(path, $2::int8, $3::int8, true) FROM name, walk \
-                WHERE depth = cardinality(part)";
+    let sql = sql::READ_BY_RAW_PATH;
     let components: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
     debug!(
         "SQL: {sql} [{:?} @{offset}+{len}]",
@@ -413,8 +337,7 @@ pub struct Tablespace {
 }
 
 pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
-    let sql = "SELECT oid::int8, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
-                WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid";
+    let sql = sql::TABLESPACES;
     let rows = {
         debug!("SQL: {sql}");
         client
@@ -431,26 +354,11 @@ pub fn tablespaces(client: &mut Client) -> Result<Vec<Tablespace>> {
         .collect())
 }
 
-/// The functions a backup calls that a non-superuser needs EXECUTE on,
-/// with the exact signatures GRANT wants (grants are per overload).
+/// The functions a backup calls that a non-superuser needs EXECUTE on.
 fn required_functions(info: &ServerInfo, with_backup: bool) -> Vec<&'static str> {
-    let mut functions = vec![
-        "pg_catalog.pg_ls_dir(text, boolean, boolean)",
-        "pg_catalog.pg_stat_file(text, boolean)",
-        "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
-    ];
+    let mut functions = sql::FILE_ACCESS_FUNCTIONS.to_vec();
     if with_backup {
-        if info.version_num >= 150000 {
-            functions.extend([
-                "pg_catalog.pg_backup_start(text, boolean)",
-                "pg_catalog.pg_backup_stop(boolean)",
-            ]);
-        } else {
-            functions.extend([
-                "pg_catalog.pg_start_backup(text, boolean, boolean)",
-                "pg_catalog.pg_stop_backup(boolean, boolean)",
-            ]);
-        }
+        functions.extend(sql::backup_functions(info.version_num));
     }
     functions
 }
@@ -458,16 +366,12 @@ fn required_functions(info: &ServerInfo, with_backup: bool) -> Vec<&'static str>
 /// Find every privilege the current role lacks for this run, before
 /// anything is done on the server; the error names the GRANTs that fix it.
 pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: bool) -> Result<()> {
-    let row = query_one(
-        client,
-        "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
-        &[],
-    )?;
+    let row = query_one(client, sql::CURRENT_ROLE, &[])?;
     let (role, superuser): (String, bool) = (row.get(0), row.get(1));
     if superuser {
         return Ok(());
     }
-    if info.version_num < 110000 {
+    if info.version_num < MINIMUM_VERSION_FOR_FILE_ACCESS_GRANTS {
         bail_with!(
             Exit::Server,
             "role \"{role}\" is not a superuser: PostgreSQL 10 lets only superusers call pg_ls_dir, \
@@ -475,8 +379,7 @@ pub fn check_privileges(client: &mut Client, info: &ServerInfo, with_backup: boo
         );
     }
     let functions = required_functions(info, with_backup);
-    let sql =
-        "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')";
+    let sql = sql::MISSING_FUNCTION_PRIVILEGES;
     debug!("SQL: {sql}");
     let missing: Vec<String> = client
         .query(sql, &[&functions])
@@ -515,13 +418,7 @@ pub fn quote_ident(name: &str) -> String {
 /// Refuse a run that needs more sessions than the server will give us,
 /// before opening them: a half-opened pool would fail mid-start.
 pub fn check_free_connections(client: &mut Client, needed: u32) -> Result<()> {
-    let sql = "SELECT current_setting('max_connections')::int4, \
-                      current_setting('superuser_reserved_connections')::int4, \
-                      (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4, \
-                      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
-                      (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), \
-                      (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user)::int4";
-    let row = query_one(client, sql, &[])?;
+    let row = query_one(client, sql::FREE_CONNECTIONS, &[])?;
     let (max, reserved, used, superuser, role_limit, role_used): (i32, i32, i32, bool, i32, i32) = (
         row.get(0),
         row.get(1),
@@ -579,14 +476,6 @@ mod tests {
         for num in [100000, 100023, 140011, 150020, 180004] {
             assert!(check_supported(num).is_ok(), "{num}");
         }
-    }
-
-    #[test]
-    fn lsn_round_trip() {
-        assert_eq!(parse_lsn("0/3000028").unwrap(), 0x3000028);
-        assert_eq!(parse_lsn("1/0000A0").unwrap(), (1 << 32) | 0xA0);
-        assert_eq!(format_lsn((0x1F << 32) | 0xABC), "1F/ABC");
-        assert!(parse_lsn("nonsense").is_err());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! consistent. Left alone, the idle session would tell only at the stop
 //! call, after all the copying (and the workers would have reconnected and
 //! gone on). So a thread sends it an empty query every [`EVERY`]: the answer
-//! is immediate, and an empty query cannot raise an ERROR, which would drop
-//! the slot (shared/design.md, rule 1).
+//! is immediate, and an empty query cannot raise an ERROR, which would
+//! silently drop the temporary slot (why the control session runs only
+//! statements that cannot fail).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use postgres::Client;
 
 use crate::abort::Abort;
 use crate::error::{Exit, Failure};
+use crate::session::sql;
 
 /// How often the control session is asked whether it is still there.
 const EVERY: Duration = Duration::from_millis(500);
@@ -43,7 +45,7 @@ pub fn watch<'scope, 'env>(
         .spawn_scoped(s, move || {
             let stop = || stop.load(Ordering::SeqCst);
             while !abort.sleep_unless(EVERY, stop) && !stop() {
-                if let Err(e) = control.simple_query("") {
+                if let Err(e) = control.simple_query(sql::PING) {
                     abort.fail();
                     return Some(reason(&e));
                 }

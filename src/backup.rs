@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use postgres::Client;
 
 use crate::abort::Abort;
 use crate::archive;
-use crate::cli::{Mode, Settings};
+use crate::cli::{RunMode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
 use crate::delta::{self, Delta};
@@ -32,9 +33,10 @@ use crate::output::{AUTO_CONF, Output, TarOutput};
 use crate::pg_control;
 use crate::plan;
 use crate::progress::{Progress, Summary};
-use crate::reader::Reader;
+use crate::reader::{ReadOptions, Reader};
 use crate::server::{self, ServerInfo, Tablespace};
 use crate::standby;
+use crate::throttle::Throttle;
 use crate::wal::WalFollower;
 use crate::watchdog;
 use crate::{bail_with, wal};
@@ -49,11 +51,17 @@ const WATCH_NAME: &str = "pg_basebackup watch";
 /// Run the mode the settings ask for.
 pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
     let spec = ConnSpec::from_dsn(&settings.dsn)?;
+    // What every reading session of this run shares: the rate limit, the
+    // compression choice and the byte counters.
+    let reading = ReadOptions::new(
+        settings.max_rate.map(Throttle::new),
+        settings.wire_compression,
+    );
     match settings.mode {
-        Mode::Clean => clean(&spec),
-        Mode::Backup => backup(settings, &spec, abort),
-        Mode::AuxiliaryCopy => auxiliary_copy(settings, &spec, abort),
-        Mode::WalFollower => follow_wal(settings, &spec, abort),
+        RunMode::Clean => clean(&spec),
+        RunMode::Backup => backup(settings, &spec, &reading, abort),
+        RunMode::AuxiliaryCopy => auxiliary_copy(settings, &spec, &reading, abort),
+        RunMode::WalFollower => follow_wal(settings, &spec, &reading, abort),
     }
 }
 
@@ -73,17 +81,18 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
 }
 
 /// `n` reading sessions sharing the run's rate limit.
-fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
+fn open_readers(spec: &ConnSpec, reading: &Arc<ReadOptions>, n: usize) -> Result<Vec<Reader>> {
     (0..n)
-        .map(|_| open_reader(spec, settings, WORKER_NAME))
+        .map(|_| open_reader(spec, reading, WORKER_NAME))
         .collect()
 }
 
-fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
-    Reader::new(
-        spec.connect(application_name)?,
-        settings.read_options.clone(),
-    )
+fn open_reader(
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    application_name: &str,
+) -> Result<Reader> {
+    Reader::new(spec.connect(application_name)?, reading.clone())
 }
 
 fn clean(spec: &ConnSpec) -> Result<()> {
@@ -201,7 +210,12 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+fn backup(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let started = Instant::now();
     let earlier = match settings.delta {
         Some(options) => Some(delta::inspect(&settings.dest, options)?),
@@ -219,7 +233,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
-    let mut readers = open_readers(spec, settings, settings.jobs)?;
+    let mut readers = open_readers(spec, reading, settings.jobs)?;
     info!(
         "wire compression: {}",
         if readers[0].compressed() {
@@ -229,7 +243,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
         }
     );
     let wal_reader = if settings.fetch_wal {
-        Some(open_reader(spec, settings, WAL_NAME)?)
+        Some(open_reader(spec, reading, WAL_NAME)?)
     } else {
         None
     };
@@ -267,6 +281,7 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
     let run = Run {
         settings,
         spec,
+        reading,
         info: &info,
         abort,
         tablespaces: &tablespaces,
@@ -304,11 +319,10 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
             } else {
                 warn!("{summary}");
             }
-            let options = &settings.read_options;
             info!(
                 "{} bytes crossed the wire for {} bytes read",
-                options.wire_bytes.load(Ordering::Relaxed),
-                options.data_bytes.load(Ordering::Relaxed)
+                reading.wire_bytes.load(Ordering::Relaxed),
+                reading.data_bytes.load(Ordering::Relaxed)
             );
             archive::warn_no_wal(settings.fetch_wal, &archive_mode, info.in_recovery);
             out.announce(done.manifest_written);
@@ -349,6 +363,8 @@ fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
 struct Run<'a> {
     settings: &'a Settings,
     spec: &'a ConnSpec,
+    /// Shared by every reading session of the run.
+    reading: &'a Arc<ReadOptions>,
     info: &'a ServerInfo,
     abort: &'a Abort,
     tablespaces: &'a [Tablespace],
@@ -371,6 +387,7 @@ fn backup_into(
     let Run {
         settings,
         spec,
+        reading,
         info,
         abort,
         tablespaces,
@@ -451,7 +468,7 @@ fn backup_into(
 
     let progress = Progress::new(settings.progress, plan.total_bytes());
     let wal_done = AtomicBool::new(false);
-    let reconnect_wal = || open_reader(spec, settings, WAL_NAME);
+    let reconnect_wal = || open_reader(spec, reading, WAL_NAME);
     let mut follower = wal_reader.map(|r| {
         WalFollower::new(
             r,
@@ -500,7 +517,7 @@ fn backup_into(
         let copied = copy::copy_files(
             std::mem::take(&mut readers),
             &job,
-            &|| open_reader(spec, settings, WORKER_NAME),
+            &|| open_reader(spec, reading, WORKER_NAME),
             abort,
         );
         wal_done.store(true, Ordering::SeqCst);
@@ -705,9 +722,14 @@ pub(crate) fn shell_quote(p: &Path) -> String {
 
 /// -S --stdin: copy the given files into DEST, with no backup start or stop
 /// (another process runs the backup).
-fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+fn auxiliary_copy(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let (_control, info) = open_control(spec)?;
-    let mut readers = open_readers(spec, settings, settings.jobs)?;
+    let mut readers = open_readers(spec, reading, settings.jobs)?;
     let aux = readers[0].client();
     server::check_privileges(aux, &info, false)?;
     let tablespaces = server::tablespaces(aux)?;
@@ -744,7 +766,7 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     let (copied, mut readers) = copy::copy_files(
         readers,
         &job,
-        &|| open_reader(spec, settings, WORKER_NAME),
+        &|| open_reader(spec, reading, WORKER_NAME),
         abort,
     )?;
     dest.create_dirs(
@@ -776,9 +798,14 @@ fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
 
 /// -S -x: keep DEST/pg_wal up to date until stdin says `terminate` or a
 /// signal arrives (the original's warm-standby feed).
-fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+fn follow_wal(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let (mut control, info) = open_control(spec)?;
-    let mut reader = open_reader(spec, settings, WAL_NAME)?;
+    let mut reader = open_reader(spec, reading, WAL_NAME)?;
     server::check_privileges(reader.client(), &info, false)?;
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;
@@ -835,7 +862,7 @@ fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()>
             }
             stdin_abort.terminate();
         })?;
-    let reconnect = || open_reader(spec, settings, WAL_NAME);
+    let reconnect = || open_reader(spec, reading, WAL_NAME);
     let progress = Progress::new(settings.progress, 0);
     let mut follower = WalFollower::new(
         reader,

@@ -100,7 +100,7 @@ pub struct FileEntry {
 /// A file or directory whose path is not valid UTF-8 (a name in Latin-1,
 /// say). The server cannot be sent such a name, so these are read apart
 /// from the tasks, by a slower request that names them server-side
-/// ([`crate::odd_names`]); everything else keeps its `String` path.
+/// (odd_names.rs); everything else keeps its `String` path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OddEntry {
     /// Relative to DEST, as the server spelled it.
@@ -262,10 +262,18 @@ fn place(path: &str, tablespace_dirs: &BTreeMap<String, String>) -> Placement {
     Placement::Copy(path.to_string())
 }
 
+/// One listed entry, its path checked: `path` is what the rules judge,
+/// `odd` the raw bytes when they are not UTF-8 (then `path` has them
+/// replaced, which the rules, matching ASCII names only, judge alike).
+struct Checked<'l> {
+    path: String,
+    odd: Option<Vec<u8>>,
+    entry: &'l ListedEntry,
+}
+
 /// Build the plan from one listing. Paths that are not safe relative paths
 /// are an error: we will not guess where they go. Paths that are not valid
-/// UTF-8 go to `odd`, after the same rules (which match ASCII names only, so
-/// they decide alike on the path with its invalid bytes replaced).
+/// UTF-8 go to `odd`, after the same rules.
 pub fn build(
     listing: &[ListedEntry],
     tablespaces: &[Tablespace],
@@ -280,103 +288,15 @@ pub fn build(
         .filter(|t| t.location.starts_with('/'))
         .map(|t| (t.oid.to_string(), tablespace_version_dir.to_string()))
         .collect();
-
-    // (path the rules judge, raw path when it is not UTF-8, entry)
-    let mut entries = Vec::with_capacity(listing.len());
-    for e in listing {
-        let raw = normalize_relative(&e.path)
-            .map_err(|err| format!("the server listed an unsafe path: {err}"))?;
-        let (path, odd) = match String::from_utf8(raw) {
-            Ok(path) => (path, None),
-            Err(e) => (
-                String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                Some(e.into_bytes()),
-            ),
-        };
-        entries.push((path, odd, e));
-    }
-
-    let init_forks: HashSet<(String, String)> = entries
-        .iter()
-        .filter(|(_, odd, e)| !e.is_dir && odd.is_none())
-        .filter_map(|(path, _, _)| {
-            let (dir, name) = path.rsplit_once('/')?;
-            let node = name.strip_suffix("_init")?;
-            (is_relation_dir(dir) && node.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| (dir.to_string(), node.to_string()))
-        })
-        .collect();
-
+    let entries = listing.iter().map(check).collect::<Result<Vec<_>, _>>()?;
+    let init_forks = init_forks(&entries);
     let wanted: Option<HashSet<&[u8]>> = only_paths.map(|p| p.iter().map(Vec::as_slice).collect());
     let mut plan = Plan::default();
-    for (path, odd, e) in &entries {
-        let name = file_name(path);
-        let path = match place(path, &tablespace_dirs) {
-            Placement::Copy(p) => p,
-            Placement::Skip(why) => {
-                plan.skipped.push(why);
-                continue;
-            }
-        };
-        if !e.is_dir && is_skipped_file(name) {
-            plan.skipped.push(format!("{path}: excluded by name"));
-            continue;
-        }
-        if let Some(raw) = odd {
-            if wanted
-                .as_ref()
-                .is_none_or(|w| !e.is_dir && w.contains(raw.as_slice()))
-            {
-                plan.odd.push(OddEntry {
-                    path: raw.clone(),
-                    is_dir: e.is_dir,
-                    size: e.size,
-                    mtime: e.mtime,
-                });
-            }
-            continue;
-        }
-        if e.is_dir {
-            plan.dirs.push(path);
-            continue;
-        }
-        if let Some((dir, _)) = path.rsplit_once('/') {
-            if is_relation_dir(dir) {
-                if let Some(why) = relation_file_skip(dir, name, &init_forks) {
-                    plan.skipped.push(format!("{path}: {why}"));
-                    continue;
-                }
-            }
-        }
-        if let Some(w) = &wanted {
-            if !w.contains(path.as_bytes()) {
-                continue;
-            }
-        }
-        plan.files.push(FileEntry {
-            path,
-            size: e.size,
-            mtime: e.mtime,
-        });
+    for e in &entries {
+        plan.add(e, &tablespace_dirs, &init_forks, wanted.as_ref());
     }
     if let Some(w) = &wanted {
-        let found: HashSet<&[u8]> = plan
-            .files
-            .iter()
-            .map(|f| f.path.as_bytes())
-            .chain(
-                plan.odd
-                    .iter()
-                    .filter(|o| !o.is_dir)
-                    .map(|o| o.path.as_slice()),
-            )
-            .collect();
-        if let Some(missing) = w.iter().find(|p| !found.contains(*p)) {
-            return Err(format!(
-                "--stdin names {:?}, which is not a file the backup copies",
-                String::from_utf8_lossy(missing)
-            ));
-        }
+        plan.check_wanted(w)?;
     }
     plan.dirs
         .sort_by_key(|d| (d.matches('/').count(), d.clone()));
@@ -394,10 +314,119 @@ pub fn build(
     Ok(plan)
 }
 
+/// A listed path in canonical form, or why it is refused.
+fn check(entry: &ListedEntry) -> Result<Checked<'_>, String> {
+    let raw = normalize_relative(&entry.path)
+        .map_err(|err| format!("the server listed an unsafe path: {err}"))?;
+    let (path, odd) = match String::from_utf8(raw) {
+        Ok(path) => (path, None),
+        Err(e) => (
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            Some(e.into_bytes()),
+        ),
+    };
+    Ok(Checked { path, odd, entry })
+}
+
+/// (relation directory, relfilenode) of every unlogged relation: those
+/// that have an init fork.
+fn init_forks(entries: &[Checked]) -> HashSet<(String, String)> {
+    entries
+        .iter()
+        .filter(|c| !c.entry.is_dir && c.odd.is_none())
+        .filter_map(|c| {
+            let (dir, name) = c.path.rsplit_once('/')?;
+            let node = name.strip_suffix("_init")?;
+            (is_relation_dir(dir) && node.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| (dir.to_string(), node.to_string()))
+        })
+        .collect()
+}
+
+impl Plan {
+    /// Put one listed entry where the rules say: a directory, a file, an
+    /// odd name, or the skipped list. With `wanted` (--stdin) only the
+    /// files named there are copied.
+    fn add(
+        &mut self,
+        checked: &Checked,
+        tablespace_dirs: &BTreeMap<String, String>,
+        init_forks: &HashSet<(String, String)>,
+        wanted: Option<&HashSet<&[u8]>>,
+    ) {
+        let Checked { path, odd, entry } = checked;
+        let name = file_name(path);
+        let path = match place(path, tablespace_dirs) {
+            Placement::Copy(p) => p,
+            Placement::Skip(why) => {
+                self.skipped.push(why);
+                return;
+            }
+        };
+        if !entry.is_dir && is_skipped_file(name) {
+            self.skipped.push(format!("{path}: excluded by name"));
+            return;
+        }
+        if let Some(raw) = odd {
+            if wanted.is_none_or(|w| !entry.is_dir && w.contains(raw.as_slice())) {
+                self.odd.push(OddEntry {
+                    path: raw.clone(),
+                    is_dir: entry.is_dir,
+                    size: entry.size,
+                    mtime: entry.mtime,
+                });
+            }
+            return;
+        }
+        if entry.is_dir {
+            self.dirs.push(path);
+            return;
+        }
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            if is_relation_dir(dir) {
+                if let Some(why) = relation_file_skip(dir, name, init_forks) {
+                    self.skipped.push(format!("{path}: {why}"));
+                    return;
+                }
+            }
+        }
+        if wanted.is_some_and(|w| !w.contains(path.as_bytes())) {
+            return;
+        }
+        self.files.push(FileEntry {
+            path,
+            size: entry.size,
+            mtime: entry.mtime,
+        });
+    }
+
+    /// --stdin: every path named there must be a file the plan copies.
+    fn check_wanted(&self, wanted: &HashSet<&[u8]>) -> Result<(), String> {
+        let found: HashSet<&[u8]> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_bytes())
+            .chain(
+                self.odd
+                    .iter()
+                    .filter(|o| !o.is_dir)
+                    .map(|o| o.path.as_slice()),
+            )
+            .collect();
+        match wanted.iter().find(|p| !found.contains(*p)) {
+            Some(missing) => Err(format!(
+                "--stdin names {:?}, which is not a file the backup copies",
+                String::from_utf8_lossy(missing)
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The most bytes one row of a read request carries. The server builds each
 /// row in freshly allocated buffers: rows of 8 MB cost it 294,000 page
 /// faults and three times the CPU per 384 MB read, rows of 64 kB to 256 kB
-/// none (shared/postgres-facts.md, section 3). On the client a row this
+/// none (bench/README.md, "rows of 256 kB"). On the client a row this
 /// size stays in the CPU cache between the socket and the page cache.
 pub const MAX_ROW: u64 = 256 << 10;
 

@@ -60,9 +60,10 @@ pub enum ProgressStyle {
     Auto,
 }
 
-/// What a [`Progress`] actually renders to.
+/// What a [`Progress`] actually draws: what [`ProgressStyle::Auto`] turned
+/// into once it is known whether stderr is a terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+enum Rendering {
     Off,
     Plain,
     Bar,
@@ -123,20 +124,20 @@ impl Progress {
     /// Start reporting. `total_bytes` is the expected data size, 0 if not
     /// known.
     pub fn new(style: ProgressStyle, total_bytes: u64) -> Progress {
-        let mode = match style {
-            ProgressStyle::Off => Mode::Off,
-            ProgressStyle::Auto if std::io::stderr().is_terminal() => Mode::Bar,
-            ProgressStyle::Auto => Mode::Plain,
+        let rendering = match style {
+            ProgressStyle::Off => Rendering::Off,
+            ProgressStyle::Auto if std::io::stderr().is_terminal() => Rendering::Bar,
+            ProgressStyle::Auto => Rendering::Plain,
         };
-        Progress::with_mode(mode, total_bytes)
+        Progress::with_rendering(rendering, total_bytes)
     }
 
-    fn with_mode(mode: Mode, total: u64) -> Progress {
-        let bar = match mode {
-            Mode::Bar => Some(new_bar(ProgressDrawTarget::stderr(), total)),
+    fn with_rendering(rendering: Rendering, total: u64) -> Progress {
+        let bar = match rendering {
+            Rendering::Bar => Some(new_bar(ProgressDrawTarget::stderr(), total)),
             #[cfg(test)]
-            Mode::HiddenBar => Some(new_bar(ProgressDrawTarget::hidden(), total)),
-            Mode::Off | Mode::Plain => None,
+            Rendering::HiddenBar => Some(new_bar(ProgressDrawTarget::hidden(), total)),
+            Rendering::Off | Rendering::Plain => None,
         };
         let registration = bar.as_ref().map(register);
         let shared = Arc::new(Shared {
@@ -148,12 +149,12 @@ impl Progress {
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
-        let reporter = match mode {
-            Mode::Off => None,
-            Mode::Plain => spawn_reporter(&shared, plain_reporter),
-            Mode::Bar => spawn_reporter(&shared, bar_reporter),
+        let reporter = match rendering {
+            Rendering::Off => None,
+            Rendering::Plain => spawn_reporter(&shared, plain_reporter),
+            Rendering::Bar => spawn_reporter(&shared, bar_reporter),
             #[cfg(test)]
-            Mode::HiddenBar => spawn_reporter(&shared, bar_reporter),
+            Rendering::HiddenBar => spawn_reporter(&shared, bar_reporter),
         };
         Progress {
             shared,
@@ -510,8 +511,8 @@ mod tests {
 
     #[test]
     fn concurrent_adds_sum() {
-        for mode in [Mode::Off, Mode::Plain, Mode::HiddenBar] {
-            let progress = Progress::with_mode(mode, 0);
+        for rendering in [Rendering::Off, Rendering::Plain, Rendering::HiddenBar] {
+            let progress = Progress::with_rendering(rendering, 0);
             std::thread::scope(|scope| {
                 for _ in 0..8 {
                     scope.spawn(|| {
@@ -522,23 +523,23 @@ mod tests {
                     });
                 }
             });
-            assert_eq!(progress.data_bytes(), 8 * 1000 * 8 * MB, "{mode:?}");
-            assert_eq!(progress.wal_bytes(), 8 * 1000 * 3, "{mode:?}");
+            assert_eq!(progress.data_bytes(), 8 * 1000 * 8 * MB, "{rendering:?}");
+            assert_eq!(progress.wal_bytes(), 8 * 1000 * 3, "{rendering:?}");
             progress.finish();
         }
     }
 
     #[test]
     fn finish_is_idempotent() {
-        for mode in [Mode::Off, Mode::Plain, Mode::HiddenBar] {
-            let progress = Progress::with_mode(mode, 100);
+        for rendering in [Rendering::Off, Rendering::Plain, Rendering::HiddenBar] {
+            let progress = Progress::with_rendering(rendering, 100);
             progress.add_data(100);
             progress.finish();
             progress.finish();
             // Still usable after finish, and drop finishes once more.
             progress.add_data(1);
-            assert_eq!(progress.data_bytes(), 101, "{mode:?}");
-            assert!(progress.reporter.lock().unwrap().is_none(), "{mode:?}");
+            assert_eq!(progress.data_bytes(), 101, "{rendering:?}");
+            assert!(progress.reporter.lock().unwrap().is_none(), "{rendering:?}");
             drop(progress);
         }
         assert_eq!(suspend_active(|| 9), 9);
@@ -546,7 +547,7 @@ mod tests {
 
     #[test]
     fn finished_bar_leaves_the_live_slot() {
-        let progress = Progress::with_mode(Mode::HiddenBar, 0);
+        let progress = Progress::with_rendering(Rendering::HiddenBar, 0);
         let id = progress.registration.unwrap();
         progress.finish();
         assert!(

@@ -46,25 +46,6 @@ impl Throttle {
     }
 }
 
-/// Parse pg_basebackup's rate syntax: kB/s by default, `k` or `M` suffix.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1024),
-        Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
-        _ => (s, 1024),
-    };
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| format!("invalid rate \"{s}\": use kB/s, or a k or M suffix"))?;
-    let bytes = (n * unit as f64) as u64;
-    // pg_basebackup's bounds: 32 kB/s to 1 GB/s.
-    if !(32 * 1024..=1024 * 1024 * 1024).contains(&bytes) {
-        return Err(format!("rate \"{s}\" is out of range (32k to 1024M)"));
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,15 +60,5 @@ mod tests {
         // After an idle spell the budget does not accumulate beyond "now".
         let later = now + Duration::from_secs(10);
         assert_eq!(t.reserve(100, later), Duration::ZERO);
-    }
-
-    #[test]
-    fn rates_parse_like_pg_basebackup() {
-        assert_eq!(parse_rate("100").unwrap(), 100 * 1024);
-        assert_eq!(parse_rate("512k").unwrap(), 512 * 1024);
-        assert_eq!(parse_rate("20M").unwrap(), 20 * 1024 * 1024);
-        assert!(parse_rate("1").is_err());
-        assert!(parse_rate("2000M").is_err());
-        assert!(parse_rate("fast").is_err());
     }
 }

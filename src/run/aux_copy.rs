@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 use log::info;
@@ -23,12 +24,18 @@ use crate::odd_names;
 use crate::plan;
 use crate::progress::Progress;
 use crate::run::{Sessions, WORKER_NAME, open_control, open_reader, open_readers, plan_copy};
+use crate::session::reader::ReadOptions;
 use crate::session::server;
 
-pub fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+pub fn auxiliary_copy(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let (control, info) = open_control(spec)?;
     let mut sessions = Sessions {
-        workers: open_readers(spec, settings, settings.jobs)?,
+        workers: open_readers(spec, reading, settings.jobs)?,
         wal: None,
         control,
     };
@@ -56,7 +63,7 @@ pub fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Re
     let (copied, workers) = copy::copy_files(
         std::mem::take(&mut sessions.workers),
         &job,
-        &|| open_reader(spec, settings, WORKER_NAME),
+        &|| open_reader(spec, reading, WORKER_NAME),
         abort,
     )?;
     sessions.workers = workers;

@@ -12,6 +12,7 @@
 //! drops the slot.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -44,17 +45,24 @@ use crate::run::{
     Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, open_readers,
     plan_copy, temporary_slot,
 };
+use crate::session::reader::ReadOptions;
 use crate::session::server::{self, BackupStop, ServerInfo, Tablespace};
 use crate::session::{archive, standby, watchdog};
 use crate::wal::WalFollower;
 
-pub fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+pub fn backup(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let began = Instant::now();
     let earlier = inspect_dest(settings)?;
-    let (mut sessions, info) = open_sessions(settings, spec, earlier.as_ref())?;
+    let (mut sessions, info) = open_sessions(settings, spec, reading, earlier.as_ref())?;
     let run = survey(
         settings,
         spec,
+        reading,
         &info,
         abort,
         &mut sessions,
@@ -103,6 +111,7 @@ fn inspect_dest(settings: &Settings) -> Result<Option<Earlier>> {
 fn open_sessions(
     settings: &Settings,
     spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
     earlier: Option<&Earlier>,
 ) -> Result<(Sessions, ServerInfo)> {
     let (mut control, info) = open_control(spec)?;
@@ -113,7 +122,7 @@ fn open_sessions(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
-    let workers = open_readers(spec, settings, settings.jobs)?;
+    let workers = open_readers(spec, reading, settings.jobs)?;
     info!(
         "wire compression: {}",
         if workers[0].compressed() {
@@ -123,7 +132,7 @@ fn open_sessions(
         }
     );
     let wal = if settings.fetch_wal {
-        Some(open_reader(spec, settings, WAL_NAME)?)
+        Some(open_reader(spec, reading, WAL_NAME)?)
     } else {
         None
     };
@@ -139,6 +148,8 @@ fn open_sessions(
 struct Run<'a> {
     settings: &'a Settings,
     spec: &'a ConnSpec,
+    /// Shared by every reading session of the run.
+    reading: &'a Arc<ReadOptions>,
     info: &'a ServerInfo,
     abort: &'a Abort,
     tablespaces: Vec<Tablespace>,
@@ -158,6 +169,7 @@ struct Run<'a> {
 fn survey<'a>(
     settings: &'a Settings,
     spec: &'a ConnSpec,
+    reading: &'a Arc<ReadOptions>,
     info: &'a ServerInfo,
     abort: &'a Abort,
     sessions: &mut Sessions,
@@ -185,6 +197,7 @@ fn survey<'a>(
     Ok(Run {
         settings,
         spec,
+        reading,
         info,
         abort,
         tablespaces,
@@ -241,7 +254,7 @@ fn backup_into(
 ) -> Result<Finished> {
     let mut started = start(run, sessions, out, delta.as_deref_mut())?;
     let progress = Progress::new(run.settings.progress, started.plan.total_bytes());
-    let reconnect_wal = || open_reader(run.spec, run.settings, WAL_NAME);
+    let reconnect_wal = || open_reader(run.spec, run.reading, WAL_NAME);
     let follower = sessions.wal.take().map(|r| {
         WalFollower::new(
             r,
@@ -453,7 +466,7 @@ fn copy_watched<'f>(
                 })
                 .expect("spawn the WAL thread")
         });
-        let reconnect = || open_reader(run.spec, settings, WORKER_NAME);
+        let reconnect = || open_reader(run.spec, run.reading, WORKER_NAME);
         let copied = copy_files(workers, job, &reconnect, abort);
         wal_done.store(true, Ordering::SeqCst);
         let follower = wal_thread
@@ -712,7 +725,7 @@ fn report(run: &Run, done: &Finished, out: &dyn Output, began: Instant) {
     } else {
         warn!("{summary}");
     }
-    let options = &settings.read_options;
+    let options = run.reading;
     info!(
         "{} bytes crossed the wire for {} bytes read",
         options.wire_bytes.load(Ordering::Relaxed),

@@ -12,17 +12,20 @@ mod clean;
 mod tablespaces;
 mod wal_feed;
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use log::{info, warn};
 use postgres::Client;
 
 use crate::abort::Abort;
-use crate::cli::{Mode, Settings};
+use crate::cli::{RunMode, Settings};
 use crate::conn::ConnSpec;
 use crate::error::{Exit, Failure};
 use crate::plan::{self, Plan};
-use crate::session::reader::Reader;
+use crate::session::reader::{ReadOptions, Reader};
 use crate::session::server::{self, ServerInfo, Tablespace};
+use crate::throttle::Throttle;
 
 /// application_name of each kind of session, so a DBA can tell them apart
 /// in pg_stat_activity.
@@ -34,11 +37,17 @@ const WATCH_NAME: &str = "pg_basebackup watch";
 /// Run the mode the settings ask for.
 pub fn run(settings: &Settings, abort: &Abort) -> Result<()> {
     let spec = ConnSpec::from_dsn(&settings.dsn)?;
+    // What every reading session of this run shares: the rate limit, the
+    // compression choice and the byte counters.
+    let reading = ReadOptions::new(
+        settings.max_rate.map(Throttle::new),
+        settings.wire_compression,
+    );
     match settings.mode {
-        Mode::Clean => clean::clean(&spec),
-        Mode::Backup => backup::backup(settings, &spec, abort),
-        Mode::AuxiliaryCopy => aux_copy::auxiliary_copy(settings, &spec, abort),
-        Mode::WalFollower => wal_feed::follow_wal(settings, &spec, abort),
+        RunMode::Clean => clean::clean(&spec),
+        RunMode::Backup => backup::backup(settings, &spec, &reading, abort),
+        RunMode::AuxiliaryCopy => aux_copy::auxiliary_copy(settings, &spec, &reading, abort),
+        RunMode::WalFollower => wal_feed::follow_wal(settings, &spec, &reading, abort),
     }
 }
 
@@ -61,17 +70,18 @@ fn open_control(spec: &ConnSpec) -> Result<(Client, ServerInfo)> {
 }
 
 /// `n` reading sessions sharing the run's rate limit.
-fn open_readers(spec: &ConnSpec, settings: &Settings, n: usize) -> Result<Vec<Reader>> {
+fn open_readers(spec: &ConnSpec, reading: &Arc<ReadOptions>, n: usize) -> Result<Vec<Reader>> {
     (0..n)
-        .map(|_| open_reader(spec, settings, WORKER_NAME))
+        .map(|_| open_reader(spec, reading, WORKER_NAME))
         .collect()
 }
 
-fn open_reader(spec: &ConnSpec, settings: &Settings, application_name: &str) -> Result<Reader> {
-    Reader::new(
-        spec.connect(application_name)?,
-        settings.read_options.clone(),
-    )
+fn open_reader(
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    application_name: &str,
+) -> Result<Reader> {
+    Reader::new(spec.connect(application_name)?, reading.clone())
 }
 
 /// The sessions a run opens up front, once the server said it has room

@@ -5,6 +5,8 @@
 //! stopped resumes where it was; a temporary slot, moved forward as
 //! segments complete, keeps the server from recycling WAL not yet copied.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use log::warn;
 use postgres::Client;
@@ -19,13 +21,18 @@ use crate::pg::wal_names::parse_segment_name;
 use crate::plan;
 use crate::progress::Progress;
 use crate::run::{WAL_NAME, open_control, open_reader, temporary_slot};
-use crate::session::reader::Reader;
+use crate::session::reader::{ReadOptions, Reader};
 use crate::session::server::{self, ServerInfo};
 use crate::wal::WalFollower;
 
-pub fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
+pub fn follow_wal(
+    settings: &Settings,
+    spec: &ConnSpec,
+    reading: &Arc<ReadOptions>,
+    abort: &Abort,
+) -> Result<()> {
     let (mut control, info) = open_control(spec)?;
-    let mut reader = open_reader(spec, settings, WAL_NAME)?;
+    let mut reader = open_reader(spec, reading, WAL_NAME)?;
     server::check_privileges(reader.client(), &info, false)?;
     let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;
@@ -33,7 +40,7 @@ pub fn follow_wal(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result
     let start_lsn = start_position(&dest, &info, timeline, &mut reader)?;
     let slot = advancing_slot(&mut control, &info, reader.client())?;
     stop_on_terminate(abort)?;
-    let reconnect = || open_reader(spec, settings, WAL_NAME);
+    let reconnect = || open_reader(spec, reading, WAL_NAME);
     let progress = Progress::new(settings.progress, 0);
     let mut follower = WalFollower::new(
         reader,

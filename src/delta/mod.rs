@@ -14,6 +14,12 @@
 //! system identifier, then remove backup_label, tablespace_map,
 //! backup_manifest and global/pg_control; the marker goes once pg_control
 //! (written last) is back. A failed run keeps DEST as it is.
+//!
+//! earlier.rs reads what DEST holds before the run; sql.rs holds the
+//! statements; this file compares and prunes.
+
+mod earlier;
+mod sql;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -28,9 +34,10 @@ use log::{debug, info, warn};
 use postgres::Client;
 use sha2::{Digest, Sha256};
 
+pub use earlier::{Earlier, check_server, inspect, tablespace_links};
+
 use crate::abort::Abort;
-use crate::bail_with;
-use crate::dest::{self, Dest, remove_contents, remove_entry};
+use crate::dest::{Dest, remove_contents, remove_entry};
 use crate::error::{Exit, ExitContext};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
@@ -38,10 +45,7 @@ use crate::plan::{self, FileEntry, Piece, Plan, Task};
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
 use crate::session::server::ServerInfo;
-
-/// Written first by a --delta run, removed once the copy is complete: it
-/// names the cluster while global/pg_control is missing.
-pub const MARKER: &str = "pg_basebackup_delta.in_progress";
+use earlier::{EarlierManifest, MARKER, marker_text};
 
 /// Files of the earlier copy that would let it start, or claim it complete.
 const REMOVED_FIRST: &[&str] = &[
@@ -51,21 +55,14 @@ const REMOVED_FIRST: &[&str] = &[
     plan::PG_CONTROL,
 ];
 
-/// `sha256` on the server needs PostgreSQL 11.
-const MIN_SERVER_VERSION: u32 = 110000;
+/// The first server version with the SQL function `sha256` (PostgreSQL 11),
+/// which the comparison needs.
+pub(crate) const MINIMUM_VERSION_FOR_SHA256: u32 = 110000;
 
 /// The grain of the comparison: a data page. Per-block hashes cost the
 /// server little more than one hash per chunk and, when updates are spread
 /// thin, cut what is fetched to the pages that changed (bench/README.md).
 const BLOCK: usize = 8192;
-
-/// sha256 of each 8 kB block of each range, in one array per range; NULL
-/// when the file is gone. The range is read once, then sliced.
-const HASH_READ: &str = "SELECT t.n, CASE WHEN r.d IS NOT NULL THEN ARRAY( \
-        SELECT sha256(substring(r.d FROM b * 8192 + 1 FOR 8192)) \
-        FROM generate_series(0, (length(r.d) - 1) / 8192) AS b ORDER BY b) END \
-    FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n), \
-    LATERAL (SELECT pg_read_binary_file(t.p, t.o, t.l, true) AS d) AS r";
 
 /// `--delta` and its companion flag.
 #[derive(Debug, Clone, Copy)]
@@ -73,175 +70,6 @@ pub struct Options {
     /// `--trust-mtime`: skip hashing files whose size and mtime match the
     /// earlier manifest and that are older than the earlier backup's start.
     pub trust_mtime: bool,
-}
-
-/// What DEST holds before the run, read without writing anything.
-pub struct Earlier {
-    root: PathBuf,
-    /// None when DEST is missing or empty: then every file is new.
-    system_identifier: Option<u64>,
-    /// From a complete earlier copy, with --trust-mtime.
-    mtimes: Option<EarlierManifest>,
-}
-
-struct EarlierManifest {
-    /// Path -> (size, Last-Modified as written).
-    files: HashMap<String, (u64, String)>,
-    /// backup_label's START TIME, as the server wrote it.
-    start_time: String,
-}
-
-/// Look at DEST: a missing or empty directory, or an earlier copy named by
-/// the marker of an interrupted refresh or by its global/pg_control.
-pub fn inspect(root: &Path, options: Options) -> Result<Earlier> {
-    // Refuses a running server's data directory and anything inside one.
-    dest::check(root, true)?;
-    let mut earlier = Earlier {
-        root: root.to_path_buf(),
-        system_identifier: None,
-        mtimes: None,
-    };
-    let empty = match fs::read_dir(root) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(_) => true, // missing: check() made sure its parent exists
-    };
-    if empty {
-        return Ok(earlier);
-    }
-    let marker = root.join(MARKER);
-    let control = root.join(plan::PG_CONTROL);
-    if marker.exists() {
-        let text = fs::read_to_string(&marker)
-            .exit_with(Exit::Dest, || format!("cannot read {}", marker.display()))?;
-        earlier.system_identifier = Some(parse_marker(&text).with_context(|| {
-            crate::error::Failure::new(Exit::Dest, format!("{} is damaged", marker.display()))
-        })?);
-    } else if let Ok(bytes) = fs::read(&control) {
-        let Some(id) = bytes.get(..8) else {
-            bail_with!(Exit::Dest, "{} is too short", control.display());
-        };
-        earlier.system_identifier = Some(u64::from_ne_bytes(id.try_into().expect("8 bytes")));
-        if options.trust_mtime {
-            earlier.mtimes = read_earlier_manifest(root);
-        }
-    } else {
-        bail_with!(
-            Exit::Dest,
-            "--delta: {} is not empty and holds no copy of a cluster (no global/pg_control, no {MARKER})",
-            root.display()
-        );
-    }
-    Ok(earlier)
-}
-
-fn parse_marker(text: &str) -> Result<u64> {
-    text.trim()
-        .strip_prefix("system identifier ")
-        .context("no system identifier")?
-        .parse()
-        .context("bad system identifier")
-}
-
-/// The sizes and mtimes an earlier complete copy recorded, and its start
-/// time; `None` (with a warning) when they cannot be read.
-fn read_earlier_manifest(root: &Path) -> Option<EarlierManifest> {
-    let read = || -> Result<EarlierManifest> {
-        let label = fs::read_to_string(root.join("backup_label"))?;
-        let start_time = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START TIME: "))
-            .context("backup_label has no START TIME")?
-            .to_string();
-        let manifest = fs::read_to_string(root.join("backup_manifest"))?;
-        let files = manifest.lines().filter_map(manifest_line).collect();
-        Ok(EarlierManifest { files, start_time })
-    };
-    match read() {
-        Ok(m) => Some(m),
-        Err(e) => {
-            warn!(
-                "--trust-mtime: every file is compared, the earlier copy's manifest and label are unusable: {e:#}"
-            );
-            None
-        }
-    }
-}
-
-/// `(path, (size, last-modified))` of one file line of a manifest (one
-/// file per line, as both PostgreSQL and this tool write it). Encoded-Path
-/// lines are skipped: such files are simply compared.
-fn manifest_line(line: &str) -> Option<(String, (u64, String))> {
-    let path = json_string(line.split_once("\"Path\": \"")?.1)?;
-    let size = line.split_once("\"Size\": ")?.1;
-    let size = size[..size.find(|c: char| !c.is_ascii_digit())?]
-        .parse()
-        .ok()?;
-    let modified = line.split_once("\"Last-Modified\": \"")?.1;
-    let modified = modified[..modified.find('"')?].to_string();
-    Some((path, (size, modified)))
-}
-
-/// The JSON string starting at `s` (just past its opening quote).
-fn json_string(s: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                'r' => out.push('\r'),
-                't' => out.push('\t'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'u' => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                }
-                c => out.push(c),
-            },
-            c => out.push(c),
-        }
-    }
-}
-
-/// Refuse a server whose DEST holds another cluster, or one without sha256.
-/// Runs before anything is written.
-pub fn check_server(earlier: &Earlier, info: &ServerInfo) -> Result<()> {
-    if info.version_num < MIN_SERVER_VERSION {
-        bail_with!(
-            Exit::Server,
-            "--delta needs PostgreSQL 11 or newer (the server hashes chunks with sha256); this is {}",
-            info.major()
-        );
-    }
-    if let Some(id) = earlier.system_identifier {
-        if id != info.system_identifier {
-            bail_with!(
-                Exit::Dest,
-                "--delta: {} holds a copy of another cluster (system identifier {id}, the server's is {}); \
-                 nothing was changed",
-                earlier.root.display(),
-                info.system_identifier
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Tablespace links of the earlier copy: (oid, target). A target listed
-/// here is part of the copy and may be refreshed though it is not empty.
-pub fn tablespace_links(root: &Path) -> Vec<(u32, PathBuf)> {
-    let Ok(entries) = fs::read_dir(root.join("pg_tblspc")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let oid = e.file_name().to_str()?.parse().ok()?;
-            Some((oid, fs::read_link(e.path()).ok()?))
-        })
-        .collect()
 }
 
 /// A refresh in progress: which files DEST already holds, and counters.
@@ -269,10 +97,7 @@ impl Delta {
         info: &ServerInfo,
         aux: &mut Client,
     ) -> Result<Delta> {
-        dest.write_file(
-            MARKER,
-            format!("system identifier {}\n", info.system_identifier).as_bytes(),
-        )?;
+        dest.write_file(MARKER, marker_text(info.system_identifier).as_bytes())?;
         for f in REMOVED_FIRST {
             dest.remove_file(f)?;
         }
@@ -384,62 +209,12 @@ impl Delta {
             }
         }
         if !compare.is_empty() {
-            let ranges: Vec<_> = compare
-                .iter()
-                .map(|p| (files[p.file].path.as_str(), p.offset as i64, p.len as i64))
-                .collect();
-            // The server hashes while we read and hash our side.
-            let (server, local) = std::thread::scope(|s| {
-                let local = s.spawn(|| {
-                    compare
-                        .iter()
-                        .map(|p| {
-                            let bytes = self.local(&files[p.file].path, p.offset, p.len)?;
-                            let hashes =
-                                bytes.chunks(BLOCK).map(Sha256::digest).collect::<Vec<_>>();
-                            Some((hashes, bytes))
-                        })
-                        .collect::<Vec<_>>()
-                });
-                let server = server_hashes(reader, &ranges, reconnect, abort);
-                (
-                    server,
-                    local.join().expect("the local hashing thread panicked"),
-                )
-            });
-            for ((p, theirs), ours) in compare.iter().zip(server?).zip(local) {
-                self.compared_bytes.fetch_add(p.len, Ordering::Relaxed);
-                let (Some(theirs), Some((ours, bytes))) = (theirs, ours) else {
-                    fetch.push(*p);
-                    continue;
-                };
-                let same: Vec<bool> = (0..ours.len())
-                    .map(|b| {
-                        theirs
-                            .get(b)
-                            .is_some_and(|t| t.as_slice() == ours[b].as_slice())
-                    })
-                    .collect();
-                for (first, end, kept) in runs(&same) {
-                    let (at, len) = (
-                        first * BLOCK,
-                        ((end * BLOCK) as u64).min(p.len) - (first * BLOCK) as u64,
-                    );
-                    if kept {
-                        integrity.account_kept(
-                            p.file,
-                            p.offset + at as u64,
-                            &bytes[at..at + len as usize],
-                        )?;
-                    } else {
-                        fetch.push(Piece {
-                            file: p.file,
-                            offset: p.offset + at as u64,
-                            len,
-                        });
-                    }
-                }
-            }
+            let server = HashSession {
+                reader,
+                reconnect,
+                abort,
+            };
+            fetch.extend(self.compare(server, &compare, files, integrity)?);
         }
         self.fetched_ranges
             .fetch_add(fetch.len() as u64, Ordering::Relaxed);
@@ -448,6 +223,78 @@ impl Delta {
         } else {
             Cow::Owned(Task { pieces: fetch })
         })
+    }
+
+    /// Hash `pieces` block by block on the server and in DEST; keep the
+    /// blocks that match (fed to the manifest checksums) and return the
+    /// ranges that differ, or whose file is gone on either side.
+    fn compare(
+        &self,
+        server: HashSession,
+        pieces: &[Piece],
+        files: &[FileEntry],
+        integrity: &Integrity,
+    ) -> Result<Vec<Piece>> {
+        let ranges: Vec<_> = pieces
+            .iter()
+            .map(|p| (files[p.file].path.as_str(), p.offset as i64, p.len as i64))
+            .collect();
+        // The server hashes while we read and hash our side.
+        let (theirs, ours) = std::thread::scope(|s| {
+            let ours = s.spawn(|| {
+                pieces
+                    .iter()
+                    .map(|p| self.local_blocks(&files[p.file].path, p))
+                    .collect::<Vec<_>>()
+            });
+            let theirs = server.hashes(&ranges);
+            (
+                theirs,
+                ours.join().expect("the local hashing thread panicked"),
+            )
+        });
+        let mut fetch = Vec::new();
+        for ((p, theirs), ours) in pieces.iter().zip(theirs?).zip(ours) {
+            self.compared_bytes.fetch_add(p.len, Ordering::Relaxed);
+            let (Some(theirs), Some((ours, bytes))) = (theirs, ours) else {
+                fetch.push(*p);
+                continue;
+            };
+            let same: Vec<bool> = (0..ours.len())
+                .map(|b| {
+                    theirs
+                        .get(b)
+                        .is_some_and(|t| t.as_slice() == ours[b].as_slice())
+                })
+                .collect();
+            for (first, end, kept) in runs(&same) {
+                let at = (first * BLOCK) as u64;
+                let len = ((end * BLOCK) as u64).min(p.len) - at;
+                if kept {
+                    let bytes = &bytes[at as usize..(at + len) as usize];
+                    integrity.account_kept(p.file, p.offset + at, bytes)?;
+                } else {
+                    fetch.push(Piece {
+                        file: p.file,
+                        offset: p.offset + at,
+                        len,
+                    });
+                }
+            }
+        }
+        Ok(fetch)
+    }
+
+    /// The sha256 of each block of `piece` in DEST, and its bytes (kept
+    /// blocks are fed to the manifest checksums); `None` if unreadable.
+    fn local_blocks(
+        &self,
+        rel: &str,
+        piece: &Piece,
+    ) -> Option<(Vec<sha2::digest::Output<Sha256>>, Vec<u8>)> {
+        let bytes = self.local(rel, piece.offset, piece.len)?;
+        let hashes = bytes.chunks(BLOCK).map(Sha256::digest).collect();
+        Some((hashes, bytes))
     }
 
     /// `len` bytes at `offset` of a file in DEST (sized to the listing by
@@ -487,44 +334,54 @@ impl Delta {
     }
 }
 
-/// The server's block hashes of each range (`None`: the file is gone), retrying
-/// on a fresh session when this one is lost, as fetches do.
-fn server_hashes(
-    reader: &mut Reader,
-    ranges: &[(&str, i64, i64)],
-    reconnect: Reconnect,
-    abort: &Abort,
-) -> Result<Vec<Option<Vec<Vec<u8>>>>> {
-    let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
-    let offsets: Vec<i64> = ranges.iter().map(|r| r.1).collect();
-    let lens: Vec<i64> = ranges.iter().map(|r| r.2).collect();
-    let mut attempt = 0;
-    let rows = loop {
-        debug!(
-            "hash {} range(s), first {}@{}",
-            ranges.len(),
-            paths[0],
-            offsets[0]
-        );
-        match reader
-            .client()
-            .query(HASH_READ, &[&paths, &offsets, &lens])
-            .with_context(|| format!("could not hash {} on the server", paths[0]))
-        {
-            Ok(rows) => break rows,
-            Err(e) => replace_lost_session(e, reader, &mut attempt, reconnect, abort)?,
+/// The session that hashes on the server, and how to replace it when it
+/// is lost.
+struct HashSession<'a> {
+    reader: &'a mut Reader,
+    reconnect: Reconnect<'a>,
+    abort: &'a Abort,
+}
+
+impl HashSession<'_> {
+    /// The server's block hashes of each range (`None`: the file is gone),
+    /// retrying on a fresh session when this one is lost, as fetches do.
+    fn hashes(self, ranges: &[(&str, i64, i64)]) -> Result<Vec<Option<Vec<Vec<u8>>>>> {
+        let HashSession {
+            reader,
+            reconnect,
+            abort,
+        } = self;
+        let paths: Vec<&str> = ranges.iter().map(|r| r.0).collect();
+        let offsets: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+        let lens: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+        let mut attempt = 0;
+        let rows = loop {
+            debug!(
+                "hash {} range(s), first {}@{}",
+                ranges.len(),
+                paths[0],
+                offsets[0]
+            );
+            match reader
+                .client()
+                .query(sql::HASH_BLOCKS, &[&paths, &offsets, &lens])
+                .with_context(|| format!("could not hash {} on the server", paths[0]))
+            {
+                Ok(rows) => break rows,
+                Err(e) => replace_lost_session(e, reader, &mut attempt, reconnect, abort)?,
+            }
+        };
+        let mut hashes = vec![None; ranges.len()];
+        for row in rows {
+            let n: i64 = row.get(0);
+            let slot = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| hashes.get_mut(i))
+                .context("bad range number")?;
+            *slot = row.get::<_, Option<Vec<Vec<u8>>>>(1);
         }
-    };
-    let mut hashes = vec![None; ranges.len()];
-    for row in rows {
-        let n: i64 = row.get(0);
-        let slot = usize::try_from(n - 1)
-            .ok()
-            .and_then(|i| hashes.get_mut(i))
-            .context("bad range number")?;
-        *slot = row.get::<_, Option<Vec<Vec<u8>>>>(1);
+        Ok(hashes)
     }
-    Ok(hashes)
 }
 
 /// Make DEST's own entries (the marker, removed files) durable.
@@ -549,7 +406,7 @@ fn runs(flags: &[bool]) -> Vec<(usize, usize, bool)> {
 /// The server's reading of a timestamp it wrote (backup_label's START TIME
 /// carries its log_timezone abbreviation, which only it knows for sure).
 fn server_epoch(client: &mut Client, time: &str) -> Result<i64> {
-    let sql = "SELECT extract(epoch FROM $1::text::timestamptz)::int8";
+    let sql = sql::EPOCH_OF_TIMESTAMP;
     debug!("SQL: {sql}");
     Ok(client.query_one(sql, &[&time])?.get(0))
 }
@@ -626,52 +483,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn manifest_lines_give_path_size_and_mtime() {
-        let line = r#"{ "Path": "base/1/a\"b\u00e9", "Size": 8192, "Last-Modified": "2024-02-29 13:05:09 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "8a744722" },"#;
-        assert_eq!(
-            manifest_line(line),
-            Some((
-                "base/1/a\"b\u{e9}".to_string(),
-                (8192, "2024-02-29 13:05:09 GMT".to_string())
-            ))
-        );
-        assert_eq!(manifest_line(r#""WAL-Ranges": ["#), None);
-        assert_eq!(
-            manifest_line(r#"{ "Encoded-Path": "ff", "Size": 1, "Last-Modified": "x" }"#),
-            None
-        );
-    }
-
-    #[test]
     fn runs_of_changed_blocks() {
         assert_eq!(
             runs(&[true, true, false, true, false, false]),
             [(0, 2, true), (2, 3, false), (3, 4, true), (4, 6, false)]
         );
         assert!(runs(&[]).is_empty());
-    }
-
-    #[test]
-    fn marker_round_trip() {
-        assert_eq!(parse_marker("system identifier 7312\n").unwrap(), 7312);
-        assert!(parse_marker("garbage").is_err());
-    }
-
-    #[test]
-    fn inspect_tells_empty_copies_and_strangers_apart() {
-        let tmp = tempfile::tempdir().unwrap();
-        let opts = Options { trust_mtime: false };
-        let root = tmp.path().join("copy");
-        assert_eq!(inspect(&root, opts).unwrap().system_identifier, None);
-        fs::create_dir(&root).unwrap();
-        assert_eq!(inspect(&root, opts).unwrap().system_identifier, None);
-        fs::write(root.join("stray"), b"x").unwrap();
-        let err = inspect(&root, opts).err().unwrap();
-        assert_eq!(crate::error::exit_of(&err), Exit::Dest);
-        fs::create_dir(root.join("global")).unwrap();
-        fs::write(root.join(plan::PG_CONTROL), 42u64.to_ne_bytes()).unwrap();
-        assert_eq!(inspect(&root, opts).unwrap().system_identifier, Some(42));
-        fs::write(root.join(MARKER), b"system identifier 43\n").unwrap();
-        assert_eq!(inspect(&root, opts).unwrap().system_identifier, Some(43));
     }
 }

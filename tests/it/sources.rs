@@ -3,15 +3,13 @@
 //! source (promoted or switching timelines mid-backup), and a server that
 //! archives WAL when the copy holds none.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
+use crate::common::{self, Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
 
 /// The tool in the background with -v; its stderr lines arrive on the
 /// returned channel as they are written.
@@ -379,10 +377,9 @@ fn last_needed_segment(dest: &Path) -> String {
     let lsn = manifest
         .split("\"End-LSN\": \"")
         .nth(1)
-        .and_then(|s| s.split('"').next())
+        .and_then(|s| s.split("\"").next())
         .unwrap_or_else(|| panic!("no End-LSN in {manifest}"));
-    let (hi, lo) = lsn.split_once('/').unwrap();
-    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let lsn: u64 = lsn.parse::<postgres::types::PgLsn>().unwrap().into();
     let segno = (lsn - 1) / (16 << 20);
     format!("00000001{:08X}{:08X}", segno / 256, segno % 256)
 }

@@ -1,13 +1,11 @@
-//! The test harness itself (tests/common), without the tool: servers of
+//! The test harness itself (tests/it/common), without the tool: servers of
 //! every major start and answer, pgbench loads and stays consistent, a copy
 //! of a data directory starts with start_on_copy, password and checksum
 //! options do what they say.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ClusterOptions, available_majors, scratch_dir, wanted_majors};
+use crate::common::{self, Cluster, ClusterOptions, available_majors, scratch_dir, wanted_majors};
 
 #[test]
 fn v15_psql_client_and_pgbench() {

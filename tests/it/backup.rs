@@ -1,14 +1,12 @@
 //! End-to-end backups of a real PostgreSQL 15 server taking writes: every
 //! copy is started as a server and checked, never just inspected.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
+use crate::common::{self, Cluster, ClusterOptions, assert_ok, run, scratch_dir, tool};
 
 const VERSION: u32 = 15;
 

@@ -2,14 +2,12 @@
 //! extracted with the system's tar (and gzip, zstd, lz4) as a DBA's restore
 //! runbook would, then started and checked under pgbench's invariant.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    Cluster, assert_ok, assert_verifies, run, scratch_dir, send_signal, tool, verifybackup,
+use crate::common::{
+    self, Cluster, assert_ok, assert_verifies, run, scratch_dir, send_signal, tool, verifybackup,
 };
 
 const VERSION: u32 = 15;

@@ -2,15 +2,15 @@
 //! than a chunk, tables dropped mid-backup, awkward names, and a backup
 //! taken by a role that is not a superuser.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{Cluster, ClusterOptions, chown_postgres, run, scratch_dir, tool};
+use crate::common::{
+    self, Cluster, ClusterOptions, PgbenchLoad, assert_ok, chown_postgres, run, scratch_dir, tool,
+};
 
 #[test]
 fn tablespace_is_copied_to_its_mapped_directory() {
@@ -169,7 +169,7 @@ fn awkward_database_and_relation_names_survive() {
         "{} dbname='my db ü'",
         src.dsn().replace(" dbname=postgres", "")
     );
-    let out = std::process::Command::new(common::client_bin("psql"))
+    let out = common::client_cmd("psql")
         .args([
             "-XAtq",
             "-v",
@@ -194,7 +194,7 @@ fn awkward_database_and_relation_names_survive() {
             .success()
     );
     let copy = Cluster::start_on_copy(&dest, 15);
-    let out = std::process::Command::new(common::client_bin("psql"))
+    let out = common::client_cmd("psql")
         .args([
             "-XAtq",
             &format!(
@@ -334,14 +334,16 @@ fn plant_latin1_names(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     ]
 }
 
-#[test]
-fn names_that_are_not_utf8_are_copied_byte_for_byte() {
-    let src = Cluster::start(15);
-    src.pgbench_init(1);
-    let planted = plant_latin1_names(&src.data);
-    let load = src.pgbench_load(2);
-    let scratch = scratch_dir();
-    let dest = scratch.path().join("copy");
+/// Every planted name is in `dir` with its contents, byte for byte.
+fn assert_planted(dir: &Path, planted: &[(PathBuf, Vec<u8>)]) {
+    for (rel, contents) in planted {
+        assert_eq!(&std::fs::read(dir.join(rel)).unwrap(), contents, "{rel:?}");
+    }
+}
+
+/// A plain -j 4 copy in small chunks holds the names, its manifest
+/// hex-encodes them, and pg_verifybackup accepts it.
+fn latin1_plain_copy(src: &Cluster, dest: &Path, planted: &[(PathBuf, Vec<u8>)]) {
     let out = run(&[
         "-j",
         "4",
@@ -353,23 +355,19 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
         &src.dsn(),
         dest.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (rel, contents) in &planted {
-        assert_eq!(&std::fs::read(dest.join(rel)).unwrap(), contents, "{rel:?}");
-    }
+    assert_ok(&out);
+    assert_planted(dest, planted);
     let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
     assert!(
         manifest.contains("\"Encoded-Path\": \"464f4fe0e0e0424152\""),
         "{manifest}"
     );
-    common::assert_verifies(15, &dest);
+    common::assert_verifies(15, dest);
+}
 
-    // --delta refreshes that copy: its pruning keeps none of the old bytes
-    // of these names, and they are written anew.
+/// --delta refreshes that copy: its pruning keeps none of the old bytes
+/// of these names, and they are written anew.
+fn latin1_delta_refresh(src: &Cluster, dest: &Path, planted: &[(PathBuf, Vec<u8>)]) {
     std::fs::write(dest.join(&planted[0].0), b"stale").unwrap();
     let out = run(&[
         "--delta",
@@ -379,18 +377,21 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
         &src.dsn(),
         dest.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (rel, contents) in &planted {
-        assert_eq!(&std::fs::read(dest.join(rel)).unwrap(), contents, "{rel:?}");
-    }
-    common::assert_verifies(15, &dest);
+    assert_ok(&out);
+    assert_planted(dest, planted);
+    common::assert_verifies(15, dest);
+}
 
-    // The same as tar archives: the names are in the headers as bytes.
-    let tars = scratch.path().join("tars");
+/// The same as tar archives (the last backup under `load`, which it
+/// stops): the names are in the headers as bytes. Returns the data
+/// directory extracted from them.
+fn latin1_tars(
+    src: &Cluster,
+    scratch: &Path,
+    planted: &[(PathBuf, Vec<u8>)],
+    load: PgbenchLoad,
+) -> PathBuf {
+    let tars = scratch.join("tars");
     let out = run(&[
         "-F",
         "t",
@@ -401,12 +402,8 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
         tars.to_str().unwrap(),
     ]);
     load.stop();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restored = scratch.path().join("restored");
+    assert_ok(&out);
+    let restored = scratch.join("restored");
     std::fs::create_dir(&restored).unwrap();
     for (archive, into) in [
         ("base.tar", restored.clone()),
@@ -421,22 +418,19 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
             .unwrap();
         assert!(status.success(), "tar -xf {archive}");
     }
-    for (rel, contents) in &planted {
-        assert_eq!(
-            &std::fs::read(restored.join(rel)).unwrap(),
-            contents,
-            "{rel:?}"
-        );
-    }
+    assert_planted(&restored, planted);
     std::fs::copy(
         tars.join("backup_manifest"),
         restored.join("backup_manifest"),
     )
     .unwrap();
     common::assert_verifies(15, &restored);
+    restored
+}
 
-    // -S --stdin names them as bytes.
-    let some = scratch.path().join("some");
+/// -S --stdin names them as bytes.
+fn latin1_stdin(src: &Cluster, scratch: &Path, planted: &[(PathBuf, Vec<u8>)]) {
+    let some = scratch.join("some");
     let mut child = tool()
         .args(["-S", "--stdin", &src.dsn(), some.to_str().unwrap()])
         .stdin(Stdio::piped())
@@ -444,20 +438,28 @@ fn names_that_are_not_utf8_are_copied_byte_for_byte() {
         .spawn()
         .unwrap();
     let mut names = Vec::new();
-    for (rel, _) in &planted {
+    for (rel, _) in planted {
         names.extend_from_slice(rel.as_os_str().as_bytes());
         names.push(b'\n');
     }
     child.stdin.take().unwrap().write_all(&names).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (rel, contents) in &planted {
-        assert_eq!(&std::fs::read(some.join(rel)).unwrap(), contents, "{rel:?}");
-    }
+    assert_ok(&out);
+    assert_planted(&some, planted);
+}
+
+#[test]
+fn names_that_are_not_utf8_are_copied_byte_for_byte() {
+    let src = Cluster::start(15);
+    src.pgbench_init(1);
+    let planted = plant_latin1_names(&src.data);
+    let load = src.pgbench_load(2);
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    latin1_plain_copy(&src, &dest, &planted);
+    latin1_delta_refresh(&src, &dest, &planted);
+    let restored = latin1_tars(&src, scratch.path(), &planted, load);
+    latin1_stdin(&src, scratch.path(), &planted);
 
     drop(src);
     let copy = Cluster::start_on_copy(&dest, 15);

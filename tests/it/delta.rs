@@ -2,25 +2,17 @@
 //! the result restores like a fresh backup (started and checked, and
 //! accepted by pg_verifybackup).
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, assert_verifies, run, scratch_dir, send_signal, tool};
+use crate::common::{
+    self, Cluster, assert_ok, assert_verifies, run, scratch_dir, send_signal, tool,
+};
 
 const VERSION: u32 = 15;
 const MARKER: &str = "pg_basebackup_delta.in_progress";
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "pg_basebackup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The numbers of the summary line a --delta run always prints.
 #[derive(Debug)]

@@ -1,11 +1,9 @@
 //! Proving backups: pg_verifybackup accepts our backup_manifest, and data
 //! page checksum failures are found, reported and signalled by exit code.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 
-use common::{Cluster, ClusterOptions, assert_verifies, run, scratch_dir, verifybackup};
+use crate::common::{Cluster, ClusterOptions, assert_verifies, run, scratch_dir, verifybackup};
 
 #[test]
 fn pg_verifybackup_accepts_the_manifest_and_catches_a_changed_byte() {

@@ -4,11 +4,9 @@
 //! this machine can. Binaries: Debian's 15, the rest from
 //! scripts/fetch-postgres (scripts/test runs it).
 
-mod common;
-
 use std::process::Command;
 
-use common::{Cluster, scratch_dir, tool, verifybackup_bin};
+use crate::common::{self, Cluster, scratch_dir, tool, verifybackup_bin};
 
 /// pg_verifybackup here is Debian's 15 (manifest version 1) and 18's client
 /// tools (version 2, from scripts/fetch-postgres); each parses the WAL of

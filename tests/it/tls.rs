@@ -9,13 +9,13 @@
 //! of the tool's sessions used TLS. The server certificate names only
 //! "localhost" (DNS), never the address 127.0.0.1.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ClusterOptions, chown_postgres, client_bin, scratch_dir};
+use crate::common::{
+    self, Cluster, ClusterOptions, chown_postgres, client_cmd, scratch_dir, set_mode,
+};
 
 const VERSION: u32 = 15;
 
@@ -34,11 +34,6 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// A test CA, a server certificate it signed for DNS name "localhost" only,
 /// a client certificate for user "postgres", and an unrelated second CA.
 struct Pki {
@@ -54,77 +49,12 @@ impl Pki {
     fn with_server(subject: &str, extensions: &str) -> Pki {
         let dir = scratch_dir();
         let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        std::fs::write(
-            d.join("ca.cnf"),
-            "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3\n\
-             [dn]\nCN = pg_basebackup test CA\n\
-             [v3]\nbasicConstraints = critical, CA:TRUE\n\
-             keyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("other.cnf"),
-            "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3\n\
-             [dn]\nCN = some other CA\n\
-             [v3]\nbasicConstraints = critical, CA:TRUE\n\
-             keyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("server.ext"),
-            format!(
-                "basicConstraints = critical, CA:FALSE\n\
-                 keyUsage = critical, digitalSignature, keyEncipherment\n\
-                 extendedKeyUsage = serverAuth\n{extensions}"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("client.ext"),
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n",
-        )
-        .unwrap();
+        write_openssl_configs(d, extensions);
         for (name, cnf) in [("ca", "ca.cnf"), ("other", "other.cnf")] {
-            let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-            let mut args = vec!["req", "-x509", "-config", cnf, "-nodes", "-days", "2"];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &crt]);
-            openssl(d, &args);
+            self_signed(d, name, cnf);
         }
         for (name, cn, serial) in [("server", subject, "2"), ("client", "/CN=postgres", "3")] {
-            let (key, csr, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            let mut args = vec!["req", "-new", "-nodes", "-subj", cn];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &csr]);
-            openssl(d, &args);
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-set_serial",
-                    serial,
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                    "-out",
-                    &crt,
-                ],
-            );
+            signed_by_ca(d, name, cn, serial);
         }
         // The server's key: owned by the server user, 0600 (PostgreSQL checks).
         chown_postgres(&d.join("server.key"));
@@ -141,6 +71,90 @@ impl Pki {
     fn file(&self, name: &str) -> String {
         self.path(name).to_str().unwrap().to_string()
     }
+}
+
+/// Every key here: elliptic curve P-256.
+const EC_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+/// The openssl configurations in `d`: ca.cnf and other.cnf for the two CAs,
+/// server.ext (with `extensions` added) and client.ext for the certificates
+/// the first CA signs.
+fn write_openssl_configs(d: &Path, extensions: &str) {
+    for (cnf, cn) in [
+        ("ca.cnf", "pg_basebackup test CA"),
+        ("other.cnf", "some other CA"),
+    ] {
+        std::fs::write(
+            d.join(cnf),
+            format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3\n\
+                 [dn]\nCN = {cn}\n\
+                 [v3]\nbasicConstraints = critical, CA:TRUE\n\
+                 keyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        d.join("server.ext"),
+        format!(
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = serverAuth\n{extensions}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("client.ext"),
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+}
+
+/// A self-signed CA in `d`: NAME.key and NAME.crt, from the configuration `cnf`.
+fn self_signed(d: &Path, name: &str, cnf: &str) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    let mut args = vec!["req", "-x509", "-config", cnf, "-nodes", "-days", "2"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &crt]);
+    openssl(d, &args);
+}
+
+/// NAME.key and NAME.crt in `d` for subject `cn`, signed by ca.crt with the
+/// extensions of NAME.ext.
+fn signed_by_ca(d: &Path, name: &str, cn: &str, serial: &str) {
+    let (key, csr, crt, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    let mut args = vec!["req", "-new", "-nodes", "-subj", cn];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl(d, &args);
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ],
+    );
 }
 
 /// A server with TLS on (our certificate, our CA for client certificates)
@@ -162,7 +176,7 @@ fn tls_cluster(pki: &Pki, first: &[&str]) -> Cluster {
     // The reload is asynchronous: wait until a plain TCP session is refused.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = clean_env(Command::new(client_bin("psql")))
+        let out = client_cmd("psql")
             .args(["-XAtc", "SELECT 1"])
             .arg(format!("{} sslmode=disable", c.tcp_dsn()))
             .output()
@@ -179,16 +193,6 @@ fn tls_cluster(pki: &Pki, first: &[&str]) -> Cluster {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Without the PG* variables of the machine.
-fn clean_env(mut c: Command) -> Command {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            c.env_remove(k);
-        }
-    }
-    c
 }
 
 /// "host=NAME port=N user=postgres dbname=postgres" plus `extra`.
@@ -629,7 +633,7 @@ fn verify_full_accepts_an_ip_address_in_the_common_name() {
         &format!("sslmode=verify-full sslrootcert={}", pki.file("ca.crt")),
     );
     // The reference: psql connects.
-    let out = clean_env(Command::new(client_bin("psql")))
+    let out = client_cmd("psql")
         .env("HOME", &home)
         .args([
             "-XAtc",

@@ -5,12 +5,10 @@
 //! when the connection buffer grew by doubling, so the test holds it to
 //! 24 MB + 1.5 chunks, which the old way fails.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 
-use common::{Cluster, scratch_dir, tool};
+use crate::common::{Cluster, scratch_dir, tool};
 
 /// Run the tool to its end; its exit status and peak RSS in kB (wait4).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage

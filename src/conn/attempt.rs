@@ -13,10 +13,10 @@ use postgres::config::{SslMode as PgSslMode, SslNegotiation};
 use postgres::tls::{MakeTlsConnect, TlsConnect};
 use postgres::{Client, Socket};
 
-use super::sql::{IS_IN_RECOVERY, SHOW_TRANSACTION_READ_ONLY};
 use super::tls::{self, Lazy, SslMode};
 use super::{ConnSpec, SessionAttrs, Target};
 use crate::interrupt::Endpoint;
+use crate::session::sql::{IS_IN_RECOVERY, SHOW_TRANSACTION_READ_ONLY};
 
 /// Where one attempt connects.
 #[derive(Clone, Debug)]

@@ -27,7 +27,7 @@ mod parse;
 mod passfile;
 mod resolve;
 mod service_file;
-mod sql;
+
 mod system;
 #[cfg(test)]
 mod test_support;

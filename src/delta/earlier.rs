@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use log::warn;
 
-use super::{MINIMUM_VERSION_FOR_SHA256, Options};
+use super::Options;
 use crate::bail_with;
 use crate::dest;
 use crate::error::{Exit, ExitContext, Failure};
+use crate::pg::version::MINIMUM_VERSION_FOR_SHA256;
 use crate::plan;
 use crate::session::server::ServerInfo;
 

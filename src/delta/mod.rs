@@ -19,7 +19,6 @@
 //! statements; this file compares and prunes.
 
 mod earlier;
-mod sql;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -45,6 +44,7 @@ use crate::plan::{self, FileEntry, Piece, Plan, Task};
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
 use crate::session::server::ServerInfo;
+use crate::session::sql;
 use earlier::{EarlierManifest, MARKER, marker_text};
 
 /// Files of the earlier copy that would let it start, or claim it complete.
@@ -54,10 +54,6 @@ const REMOVED_FIRST: &[&str] = &[
     "backup_manifest",
     plan::PG_CONTROL,
 ];
-
-/// The first server version with the SQL function `sha256` (PostgreSQL 11),
-/// which the comparison needs.
-pub(crate) const MINIMUM_VERSION_FOR_SHA256: u32 = 110000;
 
 /// The grain of the comparison: a data page. Per-block hashes cost the
 /// server little more than one hash per chunk and, when updates are spread

@@ -15,6 +15,9 @@ pub const MINIMUM_VERSION_FOR_GROUP_ACCESS: u32 = 110000;
 /// role that is not a superuser (before, only a superuser may call them).
 pub const MINIMUM_VERSION_FOR_FILE_ACCESS_GRANTS: u32 = 110000;
 
+/// `sha256()` exists: --delta compares blocks by their hashes.
+pub const MINIMUM_VERSION_FOR_SHA256: u32 = 110000;
+
 /// `pg_replication_slot_advance()` exists.
 pub const MINIMUM_VERSION_FOR_SLOT_ADVANCE: u32 = 110000;
 

@@ -6,6 +6,8 @@
 //! change to this file (and to `pg::version`). Statements are logged at
 //! debug level (`-d`); none of them carries a password.
 
+#[cfg(doc)]
+use crate::pg::version::MINIMUM_VERSION_FOR_SHA256;
 use crate::pg::version::{MINIMUM_VERSION_FOR_BACKUP_START, MINIMUM_VERSION_FOR_GROUP_ACCESS};
 
 // What the server is.
@@ -217,6 +219,30 @@ pub const READ_BY_RAW_PATH: &str = "WITH RECURSIVE name(part) AS (SELECT $1::byt
                ) \
                SELECT pg_read_binary_file(path, $2::int8, $3::int8, true) FROM name, walk \
                 WHERE depth = cardinality(part)";
+
+// What connecting checks itself: libpq's target_session_attrs (src/conn).
+
+/// "on" when the session is read-only.
+pub const SHOW_TRANSACTION_READ_ONLY: &str = "SHOW transaction_read_only";
+
+/// "t" when the server is a standby (in recovery).
+pub const IS_IN_RECOVERY: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+
+// --delta (src/delta).
+
+/// sha256 of each 8 kB block of each range, in one array per range; NULL
+/// when the file is gone. The range is read once, then sliced. `sha256`
+/// needs PostgreSQL 11 ([`MINIMUM_VERSION_FOR_SHA256`]).
+pub const HASH_BLOCKS: &str = "SELECT t.n, CASE WHEN r.d IS NOT NULL THEN ARRAY( \
+        SELECT sha256(substring(r.d FROM b * 8192 + 1 FOR 8192)) \
+        FROM generate_series(0, (length(r.d) - 1) / 8192) AS b ORDER BY b) END \
+    FROM unnest($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS t(p, o, l, n), \
+    LATERAL (SELECT pg_read_binary_file(t.p, t.o, t.l, true) AS d) AS r";
+
+/// Seconds since the epoch of a timestamp the server wrote, read by the
+/// server (backup_label's START TIME carries its log_timezone abbreviation,
+/// which only it knows for sure).
+pub const EPOCH_OF_TIMESTAMP: &str = "SELECT extract(epoch FROM $1::text::timestamptz)::int8";
 
 #[cfg(test)]
 mod tests {

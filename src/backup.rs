@@ -23,12 +23,14 @@ use crate::cli::{Mode, Settings};
 use crate::conn::ConnSpec;
 use crate::copy;
 use crate::delta::{self, Delta};
-use crate::dest::{self, Dest};
 use crate::error::{Exit, Failure};
+use crate::integrity::checksum::checksum_of;
 use crate::integrity::{Integrity, PageFailure, PageVerification};
-use crate::manifest::{ChecksumAlgorithm, FileChecksum, ManifestWriter, WalRange};
+use crate::manifest::{ManifestWriter, WalRange};
 use crate::odd_names;
-use crate::output::{AUTO_CONF, Output, TarOutput};
+use crate::output::dest::{self, Dest};
+use crate::output::tar::TarOutput;
+use crate::output::{AUTO_CONF, Output, unix_now};
 use crate::pg_control;
 use crate::plan;
 use crate::progress::{Progress, Summary};
@@ -186,19 +188,6 @@ struct Finished {
     wal_segments: u64,
     manifest_written: bool,
     page_failures: Vec<PageFailure>,
-}
-
-/// The manifest checksum of bytes we hold in memory (backup_label, ...).
-pub(crate) fn checksum_of(alg: ChecksumAlgorithm, bytes: &[u8]) -> Result<Option<String>> {
-    let sum = FileChecksum::new(alg, bytes.len() as u64);
-    sum.update(0, bytes)?;
-    sum.finish()
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn backup(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
@@ -692,17 +681,6 @@ fn read_whole(reader: &mut Reader, path: &str, size: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-pub(crate) fn shell_quote(p: &Path) -> String {
-    let s = p.to_string_lossy();
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b))
-    {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 /// -S --stdin: copy the given files into DEST, with no backup start or stop
 /// (another process runs the backup).
 fn auxiliary_copy(settings: &Settings, spec: &ConnSpec, abort: &Abort) -> Result<()> {
@@ -923,11 +901,5 @@ mod tests {
             mapped_tablespace_map(map, &targets, 13),
             "16400 /srv/ts1\n16401 /c/a\\b\n"
         );
-    }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(shell_quote(Path::new("/srv/pg/copy")), "/srv/pg/copy");
-        assert_eq!(shell_quote(Path::new("/srv/my copy")), "'/srv/my copy'");
     }
 }

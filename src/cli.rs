@@ -156,7 +156,7 @@ pub struct Args {
     /// Checksum algorithm for the files listed in backup_manifest
     /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
     #[arg(long, value_name = "ALGORITHM", default_value = "CRC32C")]
-    pub manifest_checksums: crate::manifest::ChecksumAlgorithm,
+    pub manifest_checksums: crate::integrity::checksum::ChecksumAlgorithm,
 
     /// Do not write backup_manifest.
     #[arg(long)]
@@ -233,7 +233,7 @@ pub struct Settings {
     pub fast_checkpoint: bool,
     pub label: String,
     /// None with --no-manifest.
-    pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
+    pub manifest: Option<crate::integrity::checksum::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
     pub write_recovery_conf: bool,
     /// -P: how progress is shown.
@@ -251,7 +251,7 @@ pub struct Settings {
 /// `-F t` and its compression; DEST `-` means standard output.
 #[derive(Debug, Clone, Copy)]
 pub struct TarFormat {
-    pub compression: crate::tar_out::TarCompression,
+    pub compression: crate::output::tar::compress::TarCompression,
     pub to_stdout: bool,
 }
 
@@ -442,7 +442,7 @@ impl Args {
 
     /// -F, -z, -Z and DEST `-`, checked against the mode and the other flags.
     fn tar_format(&self, mode: &Mode) -> Result<Option<TarFormat>> {
-        use crate::tar_out::{GZIP_DEFAULT_LEVEL, TarCompression, parse_compression};
+        use crate::output::tar::compress::{GZIP_DEFAULT_LEVEL, TarCompression, parse_compression};
         let compression = match (&self.compress, self.gzip) {
             (Some(spec), _) => parse_compression(spec).map_err(|e| {
                 anyhow::Error::new(crate::error::Failure::new(
@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn tar_format_and_compression() {
-        use crate::tar_out::TarCompression;
+        use crate::output::tar::compress::TarCompression;
         assert!(settings(&["dsn", "d"]).unwrap().tar.is_none());
         let t = settings(&["-F", "t", "dsn", "d"]).unwrap().tar.unwrap();
         assert_eq!(t.compression, TarCompression::None);

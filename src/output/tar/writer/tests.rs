@@ -108,6 +108,14 @@ fn piece_data(fx: &Fixture, p: &Piece, tweak: &Tweak) -> Option<Vec<u8>> {
     tweak(&fx.files[p.file], p, bytes)
 }
 
+/// What the server would return for each piece of `task`.
+fn task_data(fx: &Fixture, task: &Task, tweak: &Tweak) -> Vec<Option<Vec<u8>>> {
+    task.pieces
+        .iter()
+        .map(|p| piece_data(fx, p, tweak))
+        .collect()
+}
+
 fn unchanged(_: &FileEntry, _: &Piece, b: Vec<u8>) -> Option<Vec<u8>> {
     Some(b)
 }
@@ -154,11 +162,7 @@ fn threaded(
                     let head = w.lock().head;
                     max_ahead.fetch_max(i - head, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_micros(rng.next() % 3000));
-                    let data = task
-                        .pieces
-                        .iter()
-                        .map(|p| piece_data(fx, p, tweak))
-                        .collect();
+                    let data = task_data(fx, task, tweak);
                     w.complete_task(i, task, &fx.files, data).unwrap();
                 }
             });
@@ -181,11 +185,7 @@ fn shuffled(fx: &Fixture, seed: u64, tweak: &Tweak) -> Vec<u8> {
     Rng(seed).shuffle(&mut order);
     for i in order {
         let task = &fx.tasks[i];
-        let data = task
-            .pieces
-            .iter()
-            .map(|p| piece_data(fx, p, tweak))
-            .collect();
+        let data = task_data(fx, task, tweak);
         w.complete_task(i, task, &fx.files, data).unwrap();
     }
     epilogue(&w, fx);
@@ -459,11 +459,7 @@ fn system_tar_extracts_the_archives() {
         w.add_file_from("pg_wal/000000010000000000000002", 4, 1, &mut wal)
             .unwrap();
         for (i, task) in fx.tasks.iter().enumerate().rev() {
-            let data = task
-                .pieces
-                .iter()
-                .map(|p| piece_data(&fx, p, &unchanged))
-                .collect();
+            let data = task_data(&fx, task, &unchanged);
             w.complete_task(i, task, &fx.files, data).unwrap();
         }
         epilogue(&w, &fx);
@@ -547,13 +543,7 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 #[test]
 fn misuse_and_gaps_are_errors() {
     let fx = fixture();
-    let data = |i: usize| -> Vec<Option<Vec<u8>>> {
-        fx.tasks[i]
-            .pieces
-            .iter()
-            .map(|p| piece_data(&fx, p, &unchanged))
-            .collect()
-    };
+    let data = |i: usize| task_data(&fx, &fx.tasks[i], &unchanged);
     // A task that never arrives: finish says which.
     let w = TarWriter::new(Box::new(io::sink()), TarCompression::None, 100).unwrap();
     w.complete_task(1, &fx.tasks[1], &fx.files, data(1))
@@ -605,13 +595,7 @@ fn write_errors_stop_everyone() {
         }
     }
     let fx = fixture();
-    let data = |i: usize| -> Vec<Option<Vec<u8>>> {
-        fx.tasks[i]
-            .pieces
-            .iter()
-            .map(|p| piece_data(&fx, p, &unchanged))
-            .collect()
-    };
+    let data = |i: usize| task_data(&fx, &fx.tasks[i], &unchanged);
     let w = TarWriter::new(Box::new(Full), TarCompression::None, 1).unwrap();
     std::thread::scope(|s| {
         let waiter = s.spawn(|| w.wait_turn(5, &|| false));

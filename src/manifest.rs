@@ -92,6 +92,8 @@ impl ManifestWriter {
     /// `checksum` the result of [`FileChecksum::finish`] (`None` exactly when the algorithm is
     /// NONE). Mistakes (duplicate path, checksum that does not fit the algorithm) are
     /// reported by [`finish`](Self::finish).
+    ///
+    /// [`FileChecksum::finish`]: crate::integrity::checksum::FileChecksum::finish
     pub fn add_file(&self, path: &[u8], size: u64, mtime_unix: i64, checksum: Option<String>) {
         let entry = ManifestEntry {
             path: path.to_vec(),

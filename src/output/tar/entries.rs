@@ -3,10 +3,9 @@
 //! padding, and a task's piece of a file as it lands in the archive. Paths
 //! or link targets longer than 100 bytes get a `././@LongLink` entry first.
 //! Files are mode 0600, directories 0700 (or 0640/0750, see
-//! [`TarWriter::with_modes`](super::writer::TarWriter::with_modes)), owned
-//! by uid/gid 0 with user and group name `postgres`, as PostgreSQL's
-//! pg_basebackup names them: GNU tar run as root maps files to the local
-//! `postgres` user.
+//! `TarWriter::with_modes`), owned by uid/gid 0 with user and group name
+//! `postgres`, as PostgreSQL's pg_basebackup names them: GNU tar run as
+//! root maps files to the local `postgres` user.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -103,7 +102,7 @@ pub(super) fn header(
 /// left out, with its later pieces (`omitted`, per task). A piece that
 /// continues a file started in an earlier task is written as it is:
 /// whether that file was left out is for the caller to know (see
-/// [`continued_pieces`](super::task::continued_pieces)).
+/// `task::continued_pieces`).
 pub(super) fn write_piece(
     w: &mut dyn Write,
     piece: &Piece,

@@ -23,11 +23,10 @@ pub(super) fn continued_pieces(pieces: &[Piece]) -> usize {
 }
 
 /// One task's share of an archive, gathered piece by piece, in task order,
-/// by the worker that fetches the task
-/// ([`TarWriter::task`](super::writer::TarWriter::task)), then handed in
-/// with [`TarWriter::complete`](super::writer::TarWriter::complete). For a
-/// compressed archive each piece is compressed as it arrives, so the worker
-/// holds compressed bytes only and the workers compress in parallel.
+/// by the worker that fetches the task (`TarWriter::task`), then handed in
+/// with `TarWriter::complete`. For a compressed archive each piece is
+/// compressed as it arrives, so the worker holds compressed bytes only and
+/// the workers compress in parallel.
 pub struct TaskParts {
     pieces: Vec<Piece>,
     /// Per piece: whether the server returned it (false: the file was gone).
@@ -70,8 +69,7 @@ impl TaskParts {
         }
     }
 
-    /// Add the next piece of the task; `files` as for
-    /// [`complete`](super::writer::TarWriter::complete).
+    /// Add the next piece of the task; `files` as for `TarWriter::complete`.
     pub fn add(&mut self, piece: Piece, data: Option<&[u8]>, files: &[FileEntry]) -> Result<()> {
         let file = files
             .get(piece.file)

@@ -19,13 +19,13 @@ use log::debug;
 
 use crate::abort::Abort;
 use crate::delta::Delta;
+use crate::integrity::page::BLCKSZ;
 use crate::integrity::{Integrity, Suspect};
-use crate::pagecheck::BLCKSZ;
+use crate::output::tar::task::TaskParts;
 use crate::plan::{FileEntry, Plan, Task};
 use crate::progress::Progress;
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
-use crate::tar_out::TaskParts;
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]

@@ -2,27 +2,24 @@
 //! ordinary SQL connections, in parallel. See README.md.
 
 mod abort;
-mod backup;
+
 mod cli;
 mod conn;
 mod copy;
 mod delta;
-mod dest;
 mod error;
+mod fsx;
 mod integrity;
 mod interrupt;
 mod manifest;
 mod odd_names;
 mod output;
-mod pagecheck;
 mod paths;
 mod pg;
 mod plan;
 mod progress;
 mod run;
 mod session;
-mod tar_compress;
-mod tar_out;
 mod throttle;
 mod wal;
 

@@ -13,8 +13,7 @@ use anyhow::Result;
 use log::{debug, info};
 use postgres::Client;
 
-use crate::backup::checksum_of;
-use crate::manifest::ChecksumAlgorithm;
+use crate::integrity::checksum::{ChecksumAlgorithm, checksum_of};
 use crate::output::Output;
 use crate::plan::OddEntry;
 use crate::session::server;

@@ -26,9 +26,9 @@ use postgres::types::PgLsn;
 
 use crate::abort::Abort;
 use crate::bail_with;
-use crate::dest::Dest;
 use crate::error::Exit;
 use crate::manifest::WalRange;
+use crate::output::dest::Dest;
 use crate::pg::Lsn;
 use crate::pg::timeline::History;
 use crate::pg::wal_names::{is_history_file, parse_segment_name, segment_name};

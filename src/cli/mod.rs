@@ -161,7 +161,7 @@ pub struct Args {
     /// Checksum algorithm for the files listed in backup_manifest
     /// (NONE, CRC32C, SHA224, SHA256, SHA384, SHA512).
     #[arg(long, value_name = "ALGORITHM", default_value = "CRC32C")]
-    pub manifest_checksums: crate::manifest::ChecksumAlgorithm,
+    pub manifest_checksums: crate::integrity::checksum::ChecksumAlgorithm,
 
     /// Do not write backup_manifest.
     #[arg(long)]

@@ -47,7 +47,7 @@ pub struct Settings {
     pub fast_checkpoint: bool,
     pub label: String,
     /// None with --no-manifest.
-    pub manifest: Option<crate::manifest::ChecksumAlgorithm>,
+    pub manifest: Option<crate::integrity::checksum::ChecksumAlgorithm>,
     pub verify_page_checksums: bool,
     pub write_recovery_conf: bool,
     /// -P: how progress is shown.
@@ -67,7 +67,7 @@ pub struct Settings {
 /// `-F t` and its compression; DEST `-` means standard output.
 #[derive(Debug, Clone, Copy)]
 pub struct TarFormat {
-    pub compression: crate::tar_out::TarCompression,
+    pub compression: crate::output::tar::compress::TarCompression,
     pub to_stdout: bool,
 }
 
@@ -181,7 +181,7 @@ impl Args {
 
     /// -F, -z, -Z and DEST `-`, checked against the mode and the other flags.
     fn tar_format(&self, mode: RunMode) -> Result<Option<TarFormat>> {
-        use crate::tar_out::{GZIP_DEFAULT_LEVEL, TarCompression, parse_compression};
+        use crate::output::tar::compress::{GZIP_DEFAULT_LEVEL, TarCompression, parse_compression};
         let compression = match (&self.compress, self.gzip) {
             (Some(spec), _) => {
                 parse_compression(spec).map_err(|e| usage(format!("-Z/--compress: {e:#}")))?
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn tar_format_and_compression() {
-        use crate::tar_out::TarCompression;
+        use crate::output::tar::compress::TarCompression;
         assert!(settings(&["dsn", "d"]).unwrap().tar.is_none());
         let t = settings(&["-F", "t", "dsn", "d"]).unwrap().tar.unwrap();
         assert_eq!(t.compression, TarCompression::None);

@@ -13,8 +13,8 @@ use log::warn;
 
 use super::Options;
 use crate::bail_with;
-use crate::dest;
 use crate::error::{Exit, ExitContext, Failure};
+use crate::output::dest;
 use crate::pg::version::MINIMUM_VERSION_FOR_SHA256;
 use crate::plan;
 use crate::session::server::ServerInfo;

@@ -36,10 +36,11 @@ use sha2::{Digest, Sha256};
 pub use earlier::{Earlier, check_server, inspect, tablespace_links};
 
 use crate::abort::Abort;
-use crate::dest::{Dest, remove_contents, remove_entry};
 use crate::error::{Exit, ExitContext};
+use crate::fsx::{remove_contents, remove_entry};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
+use crate::output::dest::Dest;
 use crate::plan::{self, FileEntry, Piece, Plan, Task};
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};

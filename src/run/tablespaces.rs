@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::bail_with;
-use crate::dest;
 use crate::error::{Exit, Failure};
+use crate::output::dest;
 use crate::pg::version::MINIMUM_VERSION_FOR_TABLESPACE_MAP_BACKSLASH;
 use crate::session::server::Tablespace;
 

@@ -14,7 +14,7 @@ use postgres::Client;
 use crate::abort::Abort;
 use crate::cli::Settings;
 use crate::conn::ConnSpec;
-use crate::dest::Dest;
+use crate::output::dest::Dest;
 use crate::pg::Lsn;
 use crate::pg::version::MINIMUM_VERSION_FOR_SLOT_ADVANCE;
 use crate::pg::wal_names::parse_segment_name;

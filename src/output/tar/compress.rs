@@ -1,6 +1,8 @@
-//! Compressing a tar archive in independent pieces, so that every worker
-//! compresses the tasks it fetched, in parallel, and the archive is the
-//! pieces written one after another in task order.
+//! Compression of the tar output: what `-Z` asks for ([`TarCompression`],
+//! parsed as PostgreSQL's pg_basebackup parses it), and compressing an
+//! archive in independent pieces, so that every worker compresses the
+//! tasks it fetched, in parallel, and the archive is the pieces written one
+//! after another in task order.
 //!
 //! Each piece ([`Segment`]) is complete on its own and their concatenation
 //! is one valid file for the usual tools and for PostgreSQL's own
@@ -26,9 +28,124 @@
 
 use std::io::{self, Write};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
-use crate::tar_out::TarCompression;
+/// Compression of tar output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarCompression {
+    None,
+    /// gzip at this level (1..=9).
+    Gzip(u32),
+    /// The lz4 frame format, as the `lz4` command reads and writes it.
+    Lz4,
+    /// zstd at this level.
+    Zstd(i32),
+}
+
+/// gzip's own default, what `-z` and `-Z gzip` mean.
+pub const GZIP_DEFAULT_LEVEL: u32 = 6;
+
+/// Parse a `-Z` value as PostgreSQL's pg_basebackup does: `none`, `gzip`,
+/// `lz4`, `zstd`, each optionally with `:LEVEL` or `:level=LEVEL`, and an
+/// optional `client-` prefix; a bare integer is a gzip level (`0`: none).
+/// `server-` compression does not exist for a copy taken over SQL, and
+/// neither do zstd's `workers` and `long` options here.
+pub fn parse_compression(s: &str) -> Result<TarCompression> {
+    let s = s.trim();
+    if s.starts_with("server-") {
+        bail!(
+            "server-side compression ({s}) is not possible for a backup taken over SQL; use client-side compression"
+        );
+    }
+    let s = s.strip_prefix("client-").unwrap_or(s);
+    if let Ok(level) = s.parse::<i64>() {
+        return match level {
+            0 => Ok(TarCompression::None),
+            1..=9 => Ok(TarCompression::Gzip(level as u32)),
+            _ => bail!(
+                "compression algorithm \"gzip\" expects a compression level between 1 and 9 (default at {GZIP_DEFAULT_LEVEL})"
+            ),
+        };
+    }
+    let (algorithm, detail) = match s.split_once(':') {
+        Some((a, d)) => (a, Some(d)),
+        None => (s, None),
+    };
+    let level = match detail {
+        None => None,
+        Some(d) => Some(parse_level(algorithm, d)?),
+    };
+    let out_of_range = |min: i64, max: i64, default: i64| {
+        anyhow::anyhow!(
+            "compression algorithm \"{algorithm}\" expects a compression level between {min} and {max} (default at {default})"
+        )
+    };
+    match algorithm {
+        "none" => match level {
+            None => Ok(TarCompression::None),
+            Some(_) => bail!("compression algorithm \"none\" does not accept a compression level"),
+        },
+        "gzip" => match level {
+            None => Ok(TarCompression::Gzip(GZIP_DEFAULT_LEVEL)),
+            Some(l @ 1..=9) => Ok(TarCompression::Gzip(l as u32)),
+            Some(_) => Err(out_of_range(1, 9, GZIP_DEFAULT_LEVEL as i64)),
+        },
+        "lz4" => match level {
+            None | Some(0) => Ok(TarCompression::Lz4),
+            Some(1..=12) => {
+                log::warn!("lz4 compression uses its one fast level; the level is ignored");
+                Ok(TarCompression::Lz4)
+            }
+            Some(_) => Err(out_of_range(1, 12, 0)),
+        },
+        "zstd" => {
+            let range = zstd::compression_level_range();
+            let default = zstd::DEFAULT_COMPRESSION_LEVEL;
+            match level {
+                None => Ok(TarCompression::Zstd(default)),
+                Some(l) => match i32::try_from(l).ok().filter(|l| range.contains(l)) {
+                    Some(l) => Ok(TarCompression::Zstd(l)),
+                    None => Err(out_of_range(
+                        *range.start() as i64,
+                        *range.end() as i64,
+                        default as i64,
+                    )),
+                },
+            }
+        }
+        other => {
+            bail!("unrecognized compression algorithm: \"{other}\" (use none, gzip, lz4 or zstd)")
+        }
+    }
+}
+
+/// The level in a compression detail: `5` or `level=5`.
+fn parse_level(algorithm: &str, detail: &str) -> Result<i64> {
+    let value = match detail.split_once('=') {
+        None => detail,
+        Some(("level", v)) => v,
+        Some((key, _)) => bail!(
+            "compression option \"{key}\" is not supported for \"{algorithm}\" (only a level is)"
+        ),
+    };
+    value.trim().parse::<i64>().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid compression specification for \"{algorithm}\": \"{detail}\" is not a level"
+        )
+    })
+}
+
+impl TarCompression {
+    /// The file name ending of an archive: `.tar`, `.tar.gz`, `.tar.lz4`, `.tar.zst`.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            TarCompression::None => ".tar",
+            TarCompression::Gzip(_) => ".tar.gz",
+            TarCompression::Lz4 => ".tar.lz4",
+            TarCompression::Zstd(_) => ".tar.zst",
+        }
+    }
+}
 
 /// One compressed piece of the archive, and what it holds before
 /// compression.
@@ -331,5 +448,42 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn parses_compression_like_pg_basebackup() {
+        use TarCompression::*;
+        let ok = |s: &str| parse_compression(s).unwrap();
+        assert_eq!(ok("gzip"), Gzip(6));
+        assert_eq!(ok("gzip:5"), Gzip(5));
+        assert_eq!(ok("gzip:level=9"), Gzip(9));
+        assert_eq!(ok("client-gzip:1"), Gzip(1));
+        assert_eq!(ok("5"), Gzip(5));
+        assert_eq!(ok("0"), None);
+        assert_eq!(ok("none"), None);
+        assert_eq!(ok("lz4"), Lz4);
+        assert_eq!(ok("lz4:0"), Lz4);
+        assert_eq!(ok("zstd"), Zstd(3));
+        assert_eq!(ok("zstd:19"), Zstd(19));
+        assert_eq!(ok("zstd:-3"), Zstd(-3));
+        for bad in [
+            "gzip:0",
+            "gzip:10",
+            "10",
+            "none:1",
+            "lz4:13",
+            "zstd:99",
+            "zstd:workers=4",
+            "zstd:x",
+            "brotli",
+            "server-gzip",
+            "",
+        ] {
+            assert!(parse_compression(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ok("gzip").extension(), ".tar.gz");
+        assert_eq!(None.extension(), ".tar");
+        assert_eq!(Lz4.extension(), ".tar.lz4");
+        assert_eq!(Zstd(1).extension(), ".tar.zst");
     }
 }

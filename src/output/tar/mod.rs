@@ -1,18 +1,14 @@
-//! Where a backup is written: a plain data directory ([`Dest`]) or tar
-//! archives laid out as PostgreSQL's own `pg_basebackup -F t` writes them
-//! ([`TarOutput`]). backup.rs picks one [`Output`] at the start and drives
-//! both the same way, so the order of the steps (data, WAL, labels,
-//! pg_control last) lives in one place.
+//! The tar format (`-F t`): the copy as archives laid out as PostgreSQL's
+//! own `pg_basebackup -F t` writes them, so existing restore runbooks work.
 //!
-//! The tar layout, so existing restore runbooks work: `base.tar` holds the
-//! data directory, with `pg_tblspc/<oid>` as symbolic links to the
-//! tablespaces' original locations and the server's `tablespace_map`;
-//! `<oid>.tar` holds each tablespace's directory contents; `pg_wal.tar`
-//! (with -x) holds the WAL segments, to extract into `pg_wal` (compressed
-//! only with gzip, as PostgreSQL does); `backup_manifest` lies beside them.
-//! To standard output (DEST `-`) everything is one tar: the WAL under
-//! `pg_wal/` and `backup_manifest` as its last member, as PostgreSQL injects
-//! it there.
+//! `base.tar` holds the data directory, with `pg_tblspc/<oid>` as symbolic
+//! links to the tablespaces' original locations and the server's
+//! `tablespace_map`; `<oid>.tar` holds each tablespace's directory
+//! contents; `pg_wal.tar` (with -x) holds the WAL segments, to extract into
+//! `pg_wal` (compressed only with gzip, as PostgreSQL does);
+//! `backup_manifest` lies beside them. To standard output (DEST `-`)
+//! everything is one tar: the WAL under `pg_wal/` and `backup_manifest` as
+//! its last member, as PostgreSQL injects it there.
 //!
 //! Memory stays bounded while chunks arrive out of order: each archive is a
 //! [`TarWriter`] with a reorder window of `2 x jobs` tasks (a worker does not
@@ -24,167 +20,41 @@
 //! The WAL follower writes into a scratch directory (hidden in DEST, or a
 //! private temporary directory for standard output) that is packed into the
 //! output after the backup stops and then removed.
+//!
+//! The parts: [`writer`] (the reorder window), [`task`] (a task's share of
+//! an archive, on its worker), [`entries`] (tar headers), [`compress`]
+//! (-Z and the compressing encoders).
 
-use std::ffi::OsStr;
+pub mod compress;
+mod entries;
+pub mod task;
+pub mod writer;
+
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::IsTerminal;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
 
+use super::dest::Dest;
+use super::{AUTO_CONF, Output, shell_quote, unix_now};
 use crate::abort::Abort;
-use crate::backup::{shell_quote, unix_now};
 use crate::bail_with;
 use crate::cli::Settings;
 use crate::copy::{Scratch, Sink};
-use crate::dest::Dest;
 use crate::error::{Exit, ExitContext};
+use crate::fsx;
 use crate::plan::{self, FileEntry, Plan, Task};
 use crate::session::server::{ServerInfo, Tablespace};
-use crate::tar_out::{TarCompression, TarWriter};
+use compress::TarCompression;
+use writer::TarWriter;
 
-/// The file -R appends the standby settings to (PostgreSQL 12+).
-pub const AUTO_CONF: &str = "postgresql.auto.conf";
-
-/// What backup.rs does with the copy, whatever its format.
-pub trait Output {
-    /// Where the workers write the files of the plan.
-    fn sink(&self) -> &dyn Sink;
-    /// Directories and tablespace links, before any file.
-    fn layout(&mut self, plan: &Plan, info: &ServerInfo, targets: &[(u32, PathBuf)]) -> Result<()>;
-    /// Where the WAL follower writes `pg_wal/<segment>` (None without -x).
-    fn wal_dest(&self) -> Option<&Dest>;
-    /// A file that vanished on the server while it was copied.
-    fn drop_vanished(&self, rel: &str) -> Result<()>;
-    /// Make the data written so far durable, before the labels.
-    fn sync_data(&self) -> Result<()>;
-    /// Move the WAL the follower fetched into the output.
-    fn pack_wal(&mut self) -> Result<()>;
-    /// A whole file we hold in memory (backup_label, pg_control, ...).
-    fn put_file(&self, rel: &str, data: &[u8], mtime: i64) -> Result<()> {
-        self.put_raw_file(rel.as_bytes(), data, mtime)
-    }
-    /// [`put_file`](Self::put_file) for a path that need not be valid UTF-8
-    /// (a name the server listed as bytes, see [`plan::OddEntry`]).
-    fn put_raw_file(&self, rel: &[u8], data: &[u8], mtime: i64) -> Result<()>;
-    /// A directory whose path need not be valid UTF-8 (its parent exists).
-    fn put_raw_dir(&self, rel: &[u8], mtime: i64) -> Result<()>;
-    /// The copied contents of `rel` (empty when it was not copied); for a
-    /// tar only the file held back for -R ([`AUTO_CONF`]).
-    fn copied_file(&self, rel: &str) -> Vec<u8>;
-    fn put_manifest(&mut self, manifest: Vec<u8>) -> Result<()>;
-    /// After the last file: end the archives.
-    fn finish(&mut self) -> Result<()>;
-    /// The last words of a successful backup: how to use it.
-    fn announce(&self, manifest_written: bool);
-    /// After a failure: remove what was written, or keep it with -n.
-    fn fail(self: Box<Self>, keep_partial: bool) -> Result<()>;
-}
-
-/// A plain copy: each piece straight to its place in DEST.
-impl Sink for Dest {
-    fn piece(
-        &self,
-        scratch: &mut Scratch,
-        task: &Task,
-        i: usize,
-        file: &FileEntry,
-        data: Option<&[u8]>,
-    ) -> Result<()> {
-        let Some(bytes) = data else { return Ok(()) };
-        let piece = task.pieces[i];
-        let is_last = piece.offset + piece.len == file.size;
-        self.write_at(
-            &mut scratch.open,
-            &file.path,
-            piece.offset,
-            bytes,
-            is_last.then_some(file.size),
-        )?;
-        let short = piece.len - (bytes.len() as u64).min(piece.len);
-        if short > 0 {
-            // The file shrank: zeros in the rest of the range, as in a fresh
-            // copy (where --delta would keep older bytes there).
-            let zeros = vec![0; short as usize];
-            let offset = piece.offset + piece.len - short;
-            self.write_at(&mut scratch.open, &file.path, offset, &zeros, None)?;
-        }
-        Ok(())
-    }
-}
-
-impl Output for Dest {
-    fn sink(&self) -> &dyn Sink {
-        self
-    }
-
-    fn layout(&mut self, plan: &Plan, info: &ServerInfo, targets: &[(u32, PathBuf)]) -> Result<()> {
-        self.create_dirs(["global", "pg_tblspc"])?;
-        for (oid, target) in targets {
-            self.link_tablespace(*oid, target)?;
-        }
-        self.create_dirs(plan.dirs.iter().map(String::as_str))?;
-        self.create_dirs(plan::required_empty_dirs(info.major()))
-    }
-
-    fn wal_dest(&self) -> Option<&Dest> {
-        Some(self)
-    }
-
-    fn drop_vanished(&self, rel: &str) -> Result<()> {
-        self.remove_file(rel)
-    }
-
-    fn sync_data(&self) -> Result<()> {
-        self.sync()
-    }
-
-    fn pack_wal(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    fn put_raw_file(&self, rel: &[u8], data: &[u8], _mtime: i64) -> Result<()> {
-        self.write_file(OsStr::from_bytes(rel), data)
-    }
-
-    fn put_raw_dir(&self, rel: &[u8], _mtime: i64) -> Result<()> {
-        self.create_dirs([OsStr::from_bytes(rel)])
-    }
-
-    fn copied_file(&self, rel: &str) -> Vec<u8> {
-        fs::read(self.path(rel)).unwrap_or_default()
-    }
-
-    fn put_manifest(&mut self, manifest: Vec<u8>) -> Result<()> {
-        self.write_file("backup_manifest", &manifest)
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    fn announce(&self, manifest_written: bool) {
-        let root = shell_quote(self.root());
-        if manifest_written {
-            info!("backup_manifest written; check the copy with: pg_verifybackup {root}");
-        }
-        println!("pg_basebackup: backup complete; start the copy with: pg_ctl -D {root} start");
-    }
-
-    fn fail(self: Box<Self>, keep_partial: bool) -> Result<()> {
-        if keep_partial {
-            warn!(
-                "the partial copy in {} was kept (-n); it is NOT restorable",
-                self.root().display()
-            );
-            return Ok(());
-        }
-        self.discard()
-    }
-}
+/// The first version whose standby settings go into postgresql.auto.conf
+/// (before 12: recovery.conf), as pg_basebackup.c names it.
+pub(crate) const MINIMUM_VERSION_FOR_RECOVERY_GUC: u32 = 120000;
 
 /// One archive: `base`, or a tablespace's `<oid>`.
 struct Archive {
@@ -211,7 +81,7 @@ struct HeldBack {
 pub struct TarOutput {
     /// DEST, or None for standard output.
     dir: Option<Dest>,
-    compression: TarCompression,
+    style: ArchiveStyle,
     /// `base` first.
     archives: Vec<Archive>,
     /// For each file of the plan, its archive.
@@ -219,13 +89,35 @@ pub struct TarOutput {
     wal_scratch: Option<Dest>,
     held_back: Option<HeldBack>,
     manifest: Option<Vec<u8>>,
-    dir_mode: u32,
-    file_mode: u32,
-    sync: bool,
 }
 
 /// Name of the WAL scratch directory inside DEST while the backup runs.
 const WAL_SCRATCH: &str = ".pg_basebackup-wal";
+
+/// How every archive of one backup is written.
+#[derive(Clone, Copy)]
+struct ArchiveStyle {
+    compression: TarCompression,
+    /// Tasks in flight or waiting from the first unwritten one on.
+    window: usize,
+    /// fsync an archive file when it is complete (not with -N).
+    sync: bool,
+    dir_mode: u32,
+    file_mode: u32,
+}
+
+impl ArchiveStyle {
+    /// A new file `name` in `dest` for an archive, and its writer; the file
+    /// is fsynced when it is finished unless -N.
+    fn create_in(&self, dest: &Dest, name: &str) -> Result<TarWriter> {
+        let file = create_file(&dest.path(name), self.file_mode)?;
+        let writer = match self.sync {
+            true => TarWriter::to_file(file, self.compression, self.window)?,
+            false => TarWriter::new(Box::new(file), self.compression, self.window)?,
+        };
+        Ok(writer.with_modes(self.dir_mode, self.file_mode))
+    }
+}
 
 impl TarOutput {
     /// The archives, created now (empty DEST, or standard output after
@@ -241,79 +133,22 @@ impl TarOutput {
             .filter(|t| t.location.starts_with('/'))
             .collect();
         let dir_mode = info.data_directory_mode;
-        let file_mode = if dir_mode == 0o750 { 0o640 } else { 0o600 };
-        // Enough tasks in flight that no worker waits for another one's
-        // slow request, few enough to bound memory (module comment).
-        let window = 2 * settings.jobs;
-        let file_writer = |file: File, compression| -> Result<TarWriter> {
-            archive_file_writer(
-                file,
-                compression,
-                window,
-                settings.sync,
-                dir_mode,
-                file_mode,
-            )
+        let style = ArchiveStyle {
+            compression: format.compression,
+            // Enough tasks in flight that no worker waits for another one's
+            // slow request, few enough to bound memory (module comment).
+            window: 2 * settings.jobs,
+            sync: settings.sync,
+            dir_mode,
+            file_mode: fsx::file_mode_for(dir_mode),
         };
-        let mut archives = Vec::new();
-        let (dir, wal_scratch) = if format.to_stdout {
-            if !linked.is_empty() {
-                let names: Vec<&str> = linked.iter().map(|t| t.name.as_str()).collect();
-                bail_with!(
-                    Exit::Server,
-                    "cannot write the backup to standard output: the server has {} user tablespace(s) ({}), \
-                     and one tar stream holds only the data directory; write the tar files to a directory instead",
-                    linked.len(),
-                    names.join(", ")
-                );
-            }
-            // SAFETY: isatty only inspects a file descriptor.
-            if unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1 {
-                bail_with!(
-                    Exit::Usage,
-                    "refusing to write a tar archive to a terminal: redirect standard output"
-                );
-            }
-            archives.push(Archive {
-                name: "-".into(),
-                prefix: None,
-                location: None,
-                writer: Some(
-                    TarWriter::new(Box::new(std::io::stdout()), format.compression, window)?
-                        .with_modes(dir_mode, file_mode),
-                ),
-                files: Vec::new(),
-            });
-            let scratch = match settings.fetch_wal {
-                true => Some(private_wal_scratch()?),
-                false => None,
-            };
-            (None, scratch)
+        let (dir, archives, wal_scratch) = if format.to_stdout {
+            let (archive, scratch) = stdout_archive(&style, &linked, settings.fetch_wal)?;
+            (None, vec![archive], scratch)
         } else {
             let dest = Dest::prepare(&settings.dest, dir_mode)?;
-            let mut fill = || -> Result<Option<Dest>> {
-                let ext = format.compression.extension();
-                let mut names = vec![(format!("base{ext}"), None)];
-                for t in &linked {
-                    names.push((format!("{}{ext}", t.oid), Some(*t)));
-                }
-                for (name, tablespace) in names {
-                    let file = create_file(&dest.path(&name), file_mode)?;
-                    archives.push(Archive {
-                        writer: Some(file_writer(file, format.compression)?),
-                        name,
-                        prefix: tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)),
-                        location: tablespace.map(|t| t.location.clone()),
-                        files: Vec::new(),
-                    });
-                }
-                match settings.fetch_wal {
-                    true => Ok(Some(wal_scratch_in(&dest.path(WAL_SCRATCH))?)),
-                    false => Ok(None),
-                }
-            };
-            match fill() {
-                Ok(scratch) => (Some(dest), scratch),
+            match dir_archives(&dest, &style, &linked, settings.fetch_wal) {
+                Ok((archives, scratch)) => (Some(dest), archives, scratch),
                 Err(e) => {
                     if let Err(cleanup) = dest.discard() {
                         warn!("{cleanup:#}");
@@ -329,22 +164,21 @@ impl TarOutput {
             dir.as_ref()
                 .map_or("standard output".into(), |d| d.root().display().to_string())
         );
-        let held_back = (settings.write_recovery_conf && info.major() >= 12).then(|| HeldBack {
-            path: AUTO_CONF,
-            file: None,
-            bytes: Mutex::default(),
-        });
+        let held_back = (settings.write_recovery_conf
+            && info.version_num >= MINIMUM_VERSION_FOR_RECOVERY_GUC)
+            .then(|| HeldBack {
+                path: AUTO_CONF,
+                file: None,
+                bytes: Mutex::default(),
+            });
         Ok(TarOutput {
             dir,
-            compression: format.compression,
+            style,
             archives,
             archive_of: Vec::new(),
             wal_scratch,
             held_back,
             manifest: None,
-            dir_mode,
-            file_mode,
-            sync: settings.sync,
         })
     }
 
@@ -383,20 +217,16 @@ impl TarOutput {
     /// pg_wal.tar in DEST, compressed only with gzip as PostgreSQL's
     /// pg_basebackup does (its WAL streamer writes gzip or nothing).
     fn wal_archive(&self, dest: &Dest) -> Result<(String, TarWriter)> {
-        let compression = match self.compression {
-            TarCompression::Gzip(level) => TarCompression::Gzip(level),
-            _ => TarCompression::None,
+        let style = ArchiveStyle {
+            compression: match self.style.compression {
+                TarCompression::Gzip(level) => TarCompression::Gzip(level),
+                _ => TarCompression::None,
+            },
+            window: 1,
+            ..self.style
         };
-        let name = format!("pg_wal{}", compression.extension());
-        let file = create_file(&dest.path(&name), self.file_mode)?;
-        let writer = archive_file_writer(
-            file,
-            compression,
-            1,
-            self.sync,
-            self.dir_mode,
-            self.file_mode,
-        )?;
+        let name = format!("pg_wal{}", style.compression.extension());
+        let writer = style.create_in(dest, &name)?;
         Ok((name, writer))
     }
 }
@@ -631,7 +461,7 @@ impl Output for TarOutput {
             if let Some(manifest) = self.manifest.take() {
                 dest.write_file("backup_manifest", &manifest)?;
             }
-            if self.sync {
+            if self.style.sync {
                 dest.sync()?; // the directory entries
             }
         }
@@ -679,32 +509,84 @@ impl Output for TarOutput {
     }
 }
 
-/// An archive in a file, fsynced when it is finished unless -N.
-fn archive_file_writer(
-    file: File,
-    compression: TarCompression,
-    window: usize,
-    sync: bool,
-    dir_mode: u32,
-    file_mode: u32,
-) -> Result<TarWriter> {
-    let writer = match sync {
-        true => TarWriter::to_file(file, compression, window)?,
-        false => TarWriter::new(Box::new(file), compression, window)?,
+/// The one archive of a backup to standard output, and the private
+/// directory the WAL follower writes into (with -x).
+fn stdout_archive(
+    style: &ArchiveStyle,
+    linked: &[&Tablespace],
+    fetch_wal: bool,
+) -> Result<(Archive, Option<Dest>)> {
+    if !linked.is_empty() {
+        let names: Vec<&str> = linked.iter().map(|t| t.name.as_str()).collect();
+        bail_with!(
+            Exit::Server,
+            "cannot write the backup to standard output: the server has {} user tablespace(s) ({}), \
+             and one tar stream holds only the data directory; write the tar files to a directory instead",
+            linked.len(),
+            names.join(", ")
+        );
+    }
+    if std::io::stdout().is_terminal() {
+        bail_with!(
+            Exit::Usage,
+            "refusing to write a tar archive to a terminal: redirect standard output"
+        );
+    }
+    let archive = Archive {
+        name: "-".into(),
+        prefix: None,
+        location: None,
+        writer: Some(
+            TarWriter::new(Box::new(std::io::stdout()), style.compression, style.window)?
+                .with_modes(style.dir_mode, style.file_mode),
+        ),
+        files: Vec::new(),
     };
-    Ok(writer.with_modes(dir_mode, file_mode))
+    let scratch = match fetch_wal {
+        true => Some(private_wal_scratch()?),
+        false => None,
+    };
+    Ok((archive, scratch))
+}
+
+/// The archives in DEST (`base` and one per tablespace), and the WAL
+/// follower's scratch directory in it (with -x).
+fn dir_archives(
+    dest: &Dest,
+    style: &ArchiveStyle,
+    linked: &[&Tablespace],
+    fetch_wal: bool,
+) -> Result<(Vec<Archive>, Option<Dest>)> {
+    let ext = style.compression.extension();
+    let mut names = vec![(format!("base{ext}"), None)];
+    for t in linked {
+        names.push((format!("{}{ext}", t.oid), Some(*t)));
+    }
+    let mut archives = Vec::new();
+    for (name, tablespace) in names {
+        archives.push(Archive {
+            writer: Some(style.create_in(dest, &name)?),
+            name,
+            prefix: tablespace.map(|t| format!("pg_tblspc/{}/", t.oid)),
+            location: tablespace.map(|t| t.location.clone()),
+            files: Vec::new(),
+        });
+    }
+    let scratch = match fetch_wal {
+        true => Some(wal_scratch_in(&dest.path(WAL_SCRATCH))?),
+        false => None,
+    };
+    Ok((archives, scratch))
 }
 
 /// A new file for an archive: never through a planted link, never over an
 /// existing file.
 fn create_file(path: &Path, mode: u32) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .exit_with(Exit::Dest, || format!("cannot create {}", path.display()))
+    fsx::open_no_follow(
+        OpenOptions::new().write(true).create_new(true).mode(mode),
+        path,
+    )
+    .exit_with(Exit::Dest, || format!("cannot create {}", path.display()))
 }
 
 /// The WAL follower's directory at `root` (new, or just created by us): it
@@ -723,28 +605,20 @@ fn remove_scratch(scratch: Dest) -> Result<()> {
 }
 
 /// A new directory only this process can enter, in the system's temporary
-/// directory, for the WAL of a backup written to standard output.
+/// directory, for the WAL of a backup written to standard output. Created
+/// here, not by Dest::prepare (which would empty an existing one): it must
+/// be new, never something planted in a shared /tmp.
 fn private_wal_scratch() -> Result<Dest> {
     let base = std::env::temp_dir();
-    for n in 0..100 {
-        let path = base.join(format!("pg_basebackup-wal-{}-{n}", std::process::id()));
-        // Created here, not by Dest::prepare (which would empty an existing
-        // one): it must be new, never something planted in a shared /tmp.
-        match fs::DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => return wal_scratch_in(&path),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(e).exit_with(Exit::Dest, || {
-                    format!("cannot create a directory in {}", base.display())
-                });
-            }
-        }
-    }
-    bail_with!(
-        Exit::Dest,
-        "cannot create a private directory in {}",
-        base.display()
-    )
+    let path = tempfile::Builder::new()
+        .prefix(&format!("pg_basebackup-wal-{}-", std::process::id()))
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(&base)
+        .exit_with(Exit::Dest, || {
+            format!("cannot create a directory in {}", base.display())
+        })?
+        .keep();
+    wal_scratch_in(&path)
 }
 
 fn mtime_of(meta: &fs::Metadata) -> i64 {

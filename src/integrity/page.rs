@@ -4,11 +4,9 @@
 //!
 //! All functions are pure and thread-safe.
 
-// Until backup.rs/copy.rs use every item; remove once wired in.
-#![allow(dead_code)]
-
-/// Page size the checksum algorithm is defined for. Servers built with another block size
-/// cannot be checked with this module (the caller should read `block_size` and skip).
+/// PostgreSQL's page size (`BLCKSZ`, 8 kB unless the server was built otherwise), which the
+/// checksum algorithm is defined for. Servers built with another block size cannot be
+/// checked with this module (the caller should read `block_size` and skip).
 pub const BLCKSZ: usize = 8192;
 
 /// Number of parallel FNV-1a-style sums.
@@ -90,11 +88,11 @@ pub enum PageVerdict {
     /// `pd_lsn >= backup start LSN`: the page was written after the backup started and
     /// may be torn; WAL replay restores it. Skipped.
     NewerThanBackup,
-    /// Checksum mismatch. `expected` is the checksum calculated from the page contents,
-    /// `found` the `pd_checksum` stored in the page. The server words it as "checksum
-    /// verification failed in file \"F\", block B: calculated {expected:X} but expected
-    /// {found:X}". Like the server, re-read the block once before reporting it.
-    Mismatch { expected: u16, found: u16 },
+    /// Checksum mismatch: `computed` from the page contents, `stored` in its `pd_checksum`.
+    /// The server words it as "checksum verification failed in file \"F\", block B:
+    /// calculated {computed:X} but expected {stored:X}". Like the server, re-read the block
+    /// once before reporting it.
+    Mismatch { computed: u16, stored: u16 },
 }
 
 /// Verify one page as the server's base backup does (PostgreSQL 11+):
@@ -111,12 +109,12 @@ pub fn check_page(page: &[u8], blkno: u32, backup_start_lsn: u64) -> PageVerdict
     if lsn >= backup_start_lsn {
         return PageVerdict::NewerThanBackup;
     }
-    let expected = page_checksum(page, blkno);
-    let found = ne_u16(page, PD_CHECKSUM);
-    if expected == found {
+    let computed = page_checksum(page, blkno);
+    let stored = ne_u16(page, PD_CHECKSUM);
+    if computed == stored {
         PageVerdict::Ok
     } else {
-        PageVerdict::Mismatch { expected, found }
+        PageVerdict::Mismatch { computed, stored }
     }
 }
 
@@ -203,17 +201,17 @@ mod tests {
     const FIXTURES: &[(&str, &[u8], u32)] = &[
         (
             "heap_blk0",
-            include_bytes!("../tests/data/pages/heap_blk0.page"),
+            include_bytes!("../../tests/data/pages/heap_blk0.page"),
             0,
         ),
         (
             "heap_blk7",
-            include_bytes!("../tests/data/pages/heap_blk7.page"),
+            include_bytes!("../../tests/data/pages/heap_blk7.page"),
             7,
         ),
         (
             "btree_blk1",
-            include_bytes!("../tests/data/pages/btree_blk1.page"),
+            include_bytes!("../../tests/data/pages/btree_blk1.page"),
             1,
         ),
     ];
@@ -257,8 +255,8 @@ mod tests {
                 assert_eq!(
                     check_page(&p, blkno, u64::MAX),
                     PageVerdict::Mismatch {
-                        expected: calc,
-                        found: stored(page)
+                        computed: calc,
+                        stored: stored(page)
                     },
                     "{name} byte {at}"
                 );

@@ -1,5 +1,6 @@
-//! What we check about each byte as it arrives: the manifest checksum of
-//! every file, and PostgreSQL's data page checksums.
+//! What we check about each byte as it arrives ([`Integrity`]): the
+//! manifest checksum of every file ([`checksum`]), and PostgreSQL's data
+//! page checksums ([`page`]).
 //!
 //! Both are computed from the chunk in hand, right after it is written, so
 //! there is no second pass over DEST. Chunks of one file arrive out of order
@@ -10,15 +11,19 @@
 //!
 //! [`wait_turn`]: Integrity::wait_turn
 
+pub mod checksum;
+pub mod page;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::abort::Abort;
-use crate::manifest::{ChecksumAlgorithm, FileChecksum};
-use crate::pagecheck::{self, BLCKSZ, PageVerdict};
+use crate::fsx::ZEROS;
 use crate::plan::FileEntry;
+use checksum::{ChecksumAlgorithm, FileChecksum};
+use page::{BLCKSZ, PageVerdict};
 
 /// A data page whose checksum is wrong, after one re-read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +64,6 @@ pub struct Integrity {
     /// Files that vanished: nobody waits for their missing bytes.
     vanished: Mutex<Vec<bool>>,
 }
-
-static ZEROS: [u8; 65536] = [0; 65536];
 
 impl Integrity {
     pub fn new(
@@ -124,7 +127,7 @@ impl Integrity {
         }
         let mut suspects = Vec::new();
         if let Some(pv) = &self.pages {
-            if pagecheck::is_checksummed_file(&file.path) && offset % BLCKSZ as u64 == 0 {
+            if page::is_checksummed_file(&file.path) && offset % BLCKSZ as u64 == 0 {
                 for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
                     let block_offset = offset + (i * BLCKSZ) as u64;
                     if let PageVerdict::Mismatch { .. } = self.verdict(file, block_offset, page, pv)
@@ -157,9 +160,8 @@ impl Integrity {
         pv: &PageVerification,
     ) -> PageVerdict {
         let block_in_file = (block_offset / BLCKSZ as u64) as u32;
-        let blkno =
-            pagecheck::relation_block_number(&file.path, block_in_file, pv.blocks_per_segment);
-        pagecheck::check_page(page, blkno, pv.start_lsn)
+        let blkno = page::relation_block_number(&file.path, block_in_file, pv.blocks_per_segment);
+        page::check_page(page, blkno, pv.start_lsn)
     }
 
     /// Judge a suspect block again with freshly read bytes (`None`: the file
@@ -171,10 +173,10 @@ impl Integrity {
         if page.len() != BLCKSZ {
             return;
         }
-        if let PageVerdict::Mismatch { expected, found } =
+        if let PageVerdict::Mismatch { computed, stored } =
             self.verdict(file, suspect.offset, page, pv)
         {
-            let block = pagecheck::relation_block_number(
+            let block = page::relation_block_number(
                 &file.path,
                 (suspect.offset / BLCKSZ as u64) as u32,
                 pv.blocks_per_segment,
@@ -182,8 +184,8 @@ impl Integrity {
             let failure = PageFailure {
                 path: file.path.clone(),
                 block,
-                computed: expected,
-                stored: found,
+                computed,
+                stored,
             };
             log::warn!(
                 "checksum verification failed in file \"{}\", block {}: calculated {:X} but expected {:X}",

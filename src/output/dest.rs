@@ -1,5 +1,8 @@
-//! The copy on disk: checking and preparing DEST, positional writes from
-//! many threads, the final sync, and removing a partial copy.
+//! The copy on disk ([`Dest`]): checking and preparing DEST, positional
+//! writes from many threads, the final sync, and removing a partial copy.
+//! The plain format writes the backup here (see `plain.rs`); the tar format
+//! puts its archives and WAL scratch directory here; --delta and the WAL
+//! feed write through it too.
 //!
 //! Nothing here talks to the server. Paths handed in are relative and were
 //! validated by `paths::normalize_relative`, so joining them to the root
@@ -16,6 +19,7 @@ use anyhow::{Context, Result};
 
 use crate::bail_with;
 use crate::error::{Exit, ExitContext};
+use crate::fsx::{self, remove_contents};
 
 /// Refuse an unusable DEST before anything is done on the server.
 pub fn check(path: &Path, force: bool) -> Result<()> {
@@ -186,7 +190,7 @@ impl Dest {
             created_root,
             owns_contents: true,
             dir_mode,
-            file_mode: if dir_mode == 0o750 { 0o640 } else { 0o600 },
+            file_mode: fsx::file_mode_for(dir_mode),
             tablespace_roots: Vec::new(),
         })
     }
@@ -215,7 +219,7 @@ impl Dest {
             Dest::prepare(root, dir_mode)?
         };
         dest.owns_contents = false;
-        dest.file_mode = if dir_mode == 0o750 { 0o640 } else { 0o600 };
+        dest.file_mode = fsx::file_mode_for(dir_mode);
         Ok(dest)
     }
 
@@ -268,21 +272,21 @@ impl Dest {
         })
     }
 
-    /// Open a file of the copy for writing. O_NOFOLLOW: a link planted where
-    /// a file belongs is an error, never a way to write outside DEST (the
-    /// only links we follow are the tablespace links we made ourselves).
+    /// Open a file of the copy for writing (never through a link, see
+    /// [`fsx::open_no_follow`]).
     fn open(&self, rel: &str) -> Result<File> {
         let p = self.path(rel);
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(self.file_mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .exit_with(Exit::Dest, || {
-                format!("cannot open {} for writing", p.display())
-            })
+        fsx::open_no_follow(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(self.file_mode),
+            &p,
+        )
+        .exit_with(Exit::Dest, || {
+            format!("cannot open {} for writing", p.display())
+        })
     }
 
     /// Write `data` at `offset` of a file, creating it; then, when `final_len`
@@ -343,21 +347,21 @@ impl Dest {
     /// Its path need not be valid UTF-8.
     pub fn write_file(&self, rel: impl AsRef<OsStr>, data: &[u8]) -> Result<()> {
         let p = self.root.join(rel.as_ref());
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(self.file_mode)
-            .custom_flags(libc::O_NOFOLLOW) // as in open(): never through a link
-            .open(&p)
-            .exit_with(Exit::Dest, || format!("cannot create {}", p.display()))?;
+        let mut f = fsx::open_no_follow(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(self.file_mode),
+            &p,
+        )
+        .exit_with(Exit::Dest, || format!("cannot create {}", p.display()))?;
         f.write_all(data)
             .exit_with(Exit::Dest, || format!("cannot write {}", p.display()))?;
         f.sync_all()
             .exit_with(Exit::Dest, || format!("cannot fsync {}", p.display()))?;
         if let Some(dir) = p.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
+            fsx::sync_dir(dir)
                 .exit_with(Exit::Dest, || format!("cannot fsync {}", dir.display()))?;
         }
         Ok(())
@@ -380,11 +384,8 @@ impl Dest {
         for root in std::iter::once(&self.root).chain(&self.tablespace_roots) {
             let dir = File::open(root)
                 .exit_with(Exit::Dest, || format!("cannot open {}", root.display()))?;
-            // SAFETY: syncfs takes a valid open file descriptor, which `dir` owns.
-            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .exit_with(Exit::Dest, || format!("cannot sync {}", root.display()));
-            }
+            fsx::sync_file_system(&dir)
+                .exit_with(Exit::Dest, || format!("cannot sync {}", root.display()))?;
         }
         Ok(())
     }
@@ -406,23 +407,6 @@ impl Dest {
         }
         .with_context(|| format!("cannot remove partial copy {}", self.root.display()))
     }
-}
-
-/// Remove a file, link or directory tree (never following links).
-pub fn remove_entry(path: &Path) -> std::io::Result<()> {
-    if fs::symlink_metadata(path)?.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-/// Remove everything inside `dir`, keeping `dir` itself.
-pub fn remove_contents(dir: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        remove_entry(&entry?.path())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,92 @@
+//! The file-system rules every writer of the copy follows, each in one
+//! place: files are opened without following a link, get the modes the
+//! cluster uses, are removed without following links, and are made durable
+//! the same way (a planted link must never send a write outside DEST).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Zeros to write, or to checksum, where a file has no bytes of its own: tar
+/// padding, the tail of a file that shrank or vanished while it was copied.
+pub static ZEROS: [u8; 65536] = [0; 65536];
+
+/// The mode of the files of a copy, from the mode of its directories: the
+/// cluster allows group read access (0750 directories, 0640 files) or none
+/// (0700, 0600), as the server's `data_directory_mode` says.
+pub fn file_mode_for(dir_mode: u32) -> u32 {
+    if dir_mode == 0o750 { 0o640 } else { 0o600 }
+}
+
+/// Open `path` as `options` say, never through a symbolic link in its last
+/// component (O_NOFOLLOW): a link planted where a file belongs is an error,
+/// never a way to reach outside DEST. The only links the copy follows are
+/// the tablespace links it made itself, which are directories on the way.
+pub fn open_no_follow(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    options.custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Remove a file, link or directory tree (never following links).
+pub fn remove_entry(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+/// Remove everything inside `dir`, keeping `dir` itself (it may be a mount
+/// point, or a directory the user made for us).
+pub fn remove_contents(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        remove_entry(&entry?.path())?;
+    }
+    Ok(())
+}
+
+/// Make the entries of directory `dir` durable (a file created or removed
+/// in it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Flush everything written to the file system that holds the open `dir`:
+/// one syncfs, far cheaper than an fsync per file, and it covers directory
+/// entries too.
+pub fn sync_file_system(dir: &File) -> io::Result<()> {
+    // SAFETY: syncfs takes a valid open file descriptor, which `dir` owns.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_follow_the_cluster() {
+        assert_eq!(file_mode_for(0o750), 0o640);
+        assert_eq!(file_mode_for(0o700), 0o600);
+    }
+
+    #[test]
+    fn no_follow_and_removal_never_go_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let dir = tmp.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep"), dir.join("file-link")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("dir-link")).unwrap();
+        assert!(open_no_follow(OpenOptions::new().write(true), &dir.join("file-link")).is_err());
+        remove_contents(&dir).unwrap();
+        assert!(dir.is_dir() && fs::read_dir(&dir).unwrap().next().is_none());
+        assert_eq!(fs::read(outside.join("keep")).unwrap(), b"x");
+        sync_dir(&dir).unwrap();
+        sync_file_system(&File::open(&dir).unwrap()).unwrap();
+    }
+}

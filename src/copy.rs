@@ -19,10 +19,10 @@ use log::debug;
 
 use crate::abort::Abort;
 use crate::delta::Delta;
-use crate::integrity::page::BLCKSZ;
 use crate::integrity::{Integrity, Suspect};
-use crate::output::tar::task::TaskParts;
-use crate::plan::{FileEntry, Plan, Task};
+use crate::output::{Scratch, Sink};
+use crate::pg::BLCKSZ;
+use crate::plan::{Plan, Task};
 use crate::progress::Progress;
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
@@ -36,46 +36,6 @@ pub struct CopyOutcome {
     /// ([`Sink::zero_fills_vanished_tail`]): removed from DEST or left out
     /// of the tar; WAL replay agrees they are gone.
     pub vanished: BTreeSet<usize>,
-}
-
-/// What a worker keeps for its sink from one piece to the next.
-#[derive(Default)]
-pub struct Scratch {
-    /// Tar output: the current task's share of each archive.
-    pub tar: Vec<TaskParts>,
-    /// The file the last piece went to, kept open for the next piece of it
-    /// (plain output), and closed when the worker ends.
-    pub open: Option<(String, std::fs::File)>,
-}
-
-/// Where the workers put what they read.
-pub trait Sink: Sync {
-    /// Called on the fetch thread before task `index` is read.
-    fn wait_turn(&self, _index: usize, _abort: &Abort) {}
-
-    /// Piece `i` of `task`: the bytes the server returned (fewer if the
-    /// file shrank), `None` if the file was gone. The pieces of a task come
-    /// in order, on the worker that fetched it.
-    fn piece(
-        &self,
-        scratch: &mut Scratch,
-        task: &Task,
-        i: usize,
-        file: &FileEntry,
-        data: Option<&[u8]>,
-    ) -> Result<()>;
-
-    /// After every piece of task `index`.
-    fn end_task(&self, _index: usize, _task: &Task, _scratch: &mut Scratch) -> Result<()> {
-        Ok(())
-    }
-
-    /// Whether a file that vanishes after its first piece stays in the copy
-    /// at its listed size with zeros for the missing bytes (a stream cannot
-    /// take its start back); otherwise it is left out.
-    fn zero_fills_vanished_tail(&self) -> bool {
-        false
-    }
 }
 
 /// What the worker threads share: the job and the queue's state.

@@ -27,19 +27,8 @@ use postgres::types::PgLsn;
 use sha2::{Digest, Sha256};
 
 use crate::integrity::checksum::ChecksumAlgorithm;
-
-/// The first version whose manifests are version 2, with the
-/// `System-Identifier` line that pg_verifybackup 17+ checks against the
-/// backup's pg_control (13 to 16 accept only version 1).
-pub(crate) const MINIMUM_VERSION_FOR_MANIFEST_SYSTEM_IDENTIFIER: u32 = 170000;
-
-/// One timeline's stretch of WAL the backup needs, as in the manifest's `WAL-Ranges`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalRange {
-    pub timeline: u32,
-    pub start_lsn: u64,
-    pub end_lsn: u64,
-}
+use crate::pg::timeline::WalRange;
+use crate::pg::version::MINIMUM_VERSION_FOR_MANIFEST_SYSTEM_IDENTIFIER;
 
 /// One file of the manifest.
 struct ManifestEntry {

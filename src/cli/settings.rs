@@ -12,6 +12,8 @@ use super::Args;
 use super::values::parse_mapping;
 use crate::bail_with;
 use crate::error::{Exit, Failure};
+use crate::output::tar::TarFormat;
+use crate::pg::BLCKSZ;
 
 /// What the run does, picked from -S, --stdin, -x and --clean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +66,12 @@ pub struct Settings {
     pub delta: Option<crate::delta::Options>,
 }
 
-/// `-F t` and its compression; DEST `-` means standard output.
-#[derive(Debug, Clone, Copy)]
-pub struct TarFormat {
-    pub compression: crate::output::tar::compress::TarCompression,
-    pub to_stdout: bool,
-}
-
 /// Most parallel sessions this tool opens (-j).
 const MAX_JOBS: i64 = 512;
 
 /// The largest --chunk-size: whole pages below pg_read_binary_file's limit
 /// of 1 GB - 5 bytes per result.
-const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - 8192;
+const MAX_CHUNK: u64 = 1024 * 1024 * 1024 - BLCKSZ as u64;
 
 /// Longest -l/--label, in bytes.
 const MAX_LABEL: usize = 1024;
@@ -149,7 +144,8 @@ impl Args {
             );
         }
         // Whole pages per chunk, so each page can be checked as it arrives.
-        if self.chunk_size < 8192 || self.chunk_size > MAX_CHUNK || self.chunk_size % 8192 != 0 {
+        let page = BLCKSZ as u64;
+        if self.chunk_size < page || self.chunk_size > MAX_CHUNK || self.chunk_size % page != 0 {
             bail_with!(
                 Exit::Usage,
                 "--chunk-size must be a multiple of 8k between 8k and 1G (got {})",

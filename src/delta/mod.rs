@@ -22,8 +22,8 @@ mod earlier;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -37,10 +37,12 @@ pub use earlier::{Earlier, check_server, inspect, tablespace_links};
 
 use crate::abort::Abort;
 use crate::error::{Exit, ExitContext};
+use crate::fsx::{open_no_follow, sync_dir};
 use crate::fsx::{remove_contents, remove_entry};
 use crate::integrity::Integrity;
 use crate::manifest::format_gmt;
 use crate::output::dest::Dest;
+use crate::pg::BLCKSZ;
 use crate::plan::{self, FileEntry, Piece, Plan, Task};
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
@@ -55,11 +57,6 @@ const REMOVED_FIRST: &[&str] = &[
     "backup_manifest",
     plan::PG_CONTROL,
 ];
-
-/// The grain of the comparison: a data page. Per-block hashes cost the
-/// server little more than one hash per chunk and, when updates are spread
-/// thin, cut what is fetched to the pages that changed (bench/README.md).
-const BLOCK: usize = 8192;
 
 /// `--delta` and its companion flag.
 #[derive(Debug, Clone, Copy)]
@@ -265,8 +262,8 @@ impl Delta {
                 })
                 .collect();
             for (first, end, kept) in runs(&same) {
-                let at = (first * BLOCK) as u64;
-                let len = ((end * BLOCK) as u64).min(p.len) - at;
+                let at = (first * BLCKSZ) as u64;
+                let len = ((end * BLCKSZ) as u64).min(p.len) - at;
                 if kept {
                     let bytes = &bytes[at as usize..(at + len) as usize];
                     integrity.account_kept(p.file, p.offset + at, bytes)?;
@@ -284,13 +281,16 @@ impl Delta {
 
     /// The sha256 of each block of `piece` in DEST, and its bytes (kept
     /// blocks are fed to the manifest checksums); `None` if unreadable.
+    /// The grain is a data page: per-block hashes cost the server little
+    /// more than one hash per chunk and, when updates are spread thin, cut
+    /// what is fetched to the pages that changed (bench/README.md).
     fn local_blocks(
         &self,
         rel: &str,
         piece: &Piece,
     ) -> Option<(Vec<sha2::digest::Output<Sha256>>, Vec<u8>)> {
         let bytes = self.local(rel, piece.offset, piece.len)?;
-        let hashes = bytes.chunks(BLOCK).map(Sha256::digest).collect();
+        let hashes = bytes.chunks(BLCKSZ).map(Sha256::digest).collect();
         Some((hashes, bytes))
     }
 
@@ -298,11 +298,7 @@ impl Delta {
     /// [`prune`](Self::prune)); `None` if they cannot be read, and then the
     /// chunk is simply fetched.
     fn local(&self, rel: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.root.join(rel))
-            .ok()?;
+        let f = open_no_follow(OpenOptions::new().read(true), &self.root.join(rel)).ok()?;
         let mut buf = vec![0; len as usize];
         f.read_exact_at(&mut buf, offset).ok()?;
         Some(buf)
@@ -383,9 +379,7 @@ impl HashSession<'_> {
 
 /// Make DEST's own entries (the marker, removed files) durable.
 fn sync_root(root: &Path) -> Result<()> {
-    File::open(root)
-        .and_then(|d| d.sync_all())
-        .exit_with(Exit::Dest, || format!("cannot fsync {}", root.display()))
+    sync_dir(root).exit_with(Exit::Dest, || format!("cannot fsync {}", root.display()))
 }
 
 /// Maximal runs of equal values: (first, end, value), `end` exclusive.
@@ -411,10 +405,7 @@ fn server_epoch(client: &mut Client, time: &str) -> Result<i64> {
 /// Set a kept file to its listed size (cut, or zero-extended: the chunks
 /// past its old end then differ and are fetched).
 fn set_size(path: &Path, size: u64) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    let f = open_no_follow(OpenOptions::new().write(true), path)
         .exit_with(Exit::Dest, || format!("cannot open {}", path.display()))?;
     if f.metadata()?.len() != size {
         f.set_len(size)

@@ -21,9 +21,10 @@ use anyhow::Result;
 
 use crate::abort::Abort;
 use crate::fsx::ZEROS;
+use crate::pg::BLCKSZ;
 use crate::plan::FileEntry;
 use checksum::{ChecksumAlgorithm, FileChecksum};
-use page::{BLCKSZ, PageVerdict};
+use page::PageVerdict;
 
 /// A data page whose checksum is wrong, after one re-read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,10 +4,7 @@
 //!
 //! All functions are pure and thread-safe.
 
-/// PostgreSQL's page size (`BLCKSZ`, 8 kB unless the server was built otherwise), which the
-/// checksum algorithm is defined for. Servers built with another block size cannot be
-/// checked with this module (the caller should read `block_size` and skip).
-pub const BLCKSZ: usize = 8192;
+use crate::pg::BLCKSZ;
 
 /// Number of parallel FNV-1a-style sums.
 const N_SUMS: usize = 32;

@@ -12,13 +12,54 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::copy::Sink;
-use crate::plan::Plan;
+use crate::abort::Abort;
+use crate::plan::{FileEntry, Plan, Task};
 use crate::session::server::ServerInfo;
 use dest::Dest;
+use tar::task::TaskParts;
 
 /// The file -R appends the standby settings to (PostgreSQL 12+).
 pub const AUTO_CONF: &str = "postgresql.auto.conf";
+
+/// What a worker keeps for its sink from one piece to the next.
+#[derive(Default)]
+pub struct Scratch {
+    /// Tar output: the current task's share of each archive.
+    pub tar: Vec<TaskParts>,
+    /// The file the last piece went to, kept open for the next piece of it
+    /// (plain output), and closed when the worker ends.
+    pub open: Option<(String, std::fs::File)>,
+}
+
+/// Where the workers put what they read.
+pub trait Sink: Sync {
+    /// Called on the fetch thread before task `index` is read.
+    fn wait_turn(&self, _index: usize, _abort: &Abort) {}
+
+    /// Piece `i` of `task`: the bytes the server returned (fewer if the
+    /// file shrank), `None` if the file was gone. The pieces of a task come
+    /// in order, on the worker that fetched it.
+    fn piece(
+        &self,
+        scratch: &mut Scratch,
+        task: &Task,
+        i: usize,
+        file: &FileEntry,
+        data: Option<&[u8]>,
+    ) -> Result<()>;
+
+    /// After every piece of task `index`.
+    fn end_task(&self, _index: usize, _task: &Task, _scratch: &mut Scratch) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether a file that vanishes after its first piece stays in the copy
+    /// at its listed size with zeros for the missing bytes (a stream cannot
+    /// take its start back); otherwise it is left out.
+    fn zero_fills_vanished_tail(&self) -> bool {
+        false
+    }
+}
 
 /// What the backup does with the copy, whatever its format.
 pub trait Output {

@@ -13,7 +13,7 @@ use log::{info, warn};
 
 use super::dest::Dest;
 use super::{Output, shell_quote};
-use crate::copy::{Scratch, Sink};
+use crate::output::{Scratch, Sink};
 use crate::plan::{self, FileEntry, Plan, Task};
 use crate::session::server::ServerInfo;
 

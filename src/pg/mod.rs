@@ -7,6 +7,12 @@ pub mod timeline;
 pub mod version;
 pub mod wal_names;
 
+/// PostgreSQL's page size (`BLCKSZ`, 8 kB unless the server was built
+/// otherwise): the unit of page checksums, of --delta's comparison and of
+/// --chunk-size. A server built with another block size is copied but its
+/// pages are not verified (the copy reads `block_size` and skips).
+pub const BLCKSZ: usize = 8192;
+
 /// A WAL location as a byte position: the copy computes segments and
 /// ranges with it. `postgres::types::PgLsn` reads, sends and prints it
 /// (`X/Y`).

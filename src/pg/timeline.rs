@@ -10,8 +10,15 @@
 use anyhow::{Context, Result};
 use postgres::types::PgLsn;
 
-use crate::manifest::WalRange;
 use crate::pg::Lsn;
+
+/// One timeline's stretch of WAL the backup needs, as in the manifest's `WAL-Ranges`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalRange {
+    pub timeline: u32,
+    pub start_lsn: u64,
+    pub end_lsn: u64,
+}
 
 /// One timeline and the WAL positions it holds: [begin, end), end None for
 /// the newest.

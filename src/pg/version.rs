@@ -32,6 +32,11 @@ pub const MINIMUM_VERSION_FOR_MANIFESTS: u32 = 130000;
 /// every version).
 pub const MINIMUM_VERSION_FOR_TABLESPACE_MAP_BACKSLASH: u32 = 140000;
 
+/// Manifests are version 2, with the `System-Identifier` line that
+/// pg_verifybackup 17+ checks against the backup's pg_control (13 to 16
+/// accept only version 1).
+pub const MINIMUM_VERSION_FOR_MANIFEST_SYSTEM_IDENTIFIER: u32 = 170000;
+
 /// The backup functions are `pg_backup_start` and `pg_backup_stop`, and
 /// exclusive backups are gone.
 pub const MINIMUM_VERSION_FOR_BACKUP_START: u32 = 150000;

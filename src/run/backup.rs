@@ -30,15 +30,16 @@ use crate::delta::{self, Delta, Earlier};
 use crate::error::{Exit, Failure};
 use crate::integrity::checksum::{ChecksumAlgorithm, checksum_of};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
-use crate::manifest::{ManifestWriter, WalRange};
+use crate::manifest::ManifestWriter;
 use crate::odd_names::{self, OddFile};
 use crate::output::dest::{self, Dest};
-use crate::output::tar::TarOutput;
+use crate::output::tar::{TarOptions, TarOutput};
 use crate::output::{AUTO_CONF, Output, unix_now};
-use crate::pg::Lsn;
 use crate::pg::pg_control;
+use crate::pg::timeline::WalRange;
 use crate::pg::version::{MINIMUM_VERSION_FOR_MANIFESTS, MINIMUM_VERSION_FOR_RECOVERY_GUC};
 use crate::pg::wal_names::segment_name;
+use crate::pg::{BLCKSZ, Lsn};
 use crate::plan::{self, Plan};
 use crate::progress::{Progress, Summary};
 use crate::run::tablespaces;
@@ -218,8 +219,19 @@ fn open_output(
 ) -> Result<(Box<dyn Output>, Option<Delta>)> {
     let (settings, info) = (run.settings, run.info);
     Ok(match (settings.tar, earlier) {
-        (Some(_), _) => (
-            Box::new(TarOutput::create(settings, info, &run.tablespaces)?),
+        (Some(format), _) => (
+            Box::new(TarOutput::create(
+                &TarOptions {
+                    format,
+                    dest: &settings.dest,
+                    jobs: settings.jobs,
+                    sync: settings.sync,
+                    fetch_wal: settings.fetch_wal,
+                    write_recovery_conf: settings.write_recovery_conf,
+                },
+                info,
+                &run.tablespaces,
+            )?),
             None,
         ),
         // A refresh keeps DEST as it is, also when it fails (it resumes).
@@ -380,11 +392,12 @@ fn copy<'f>(
     let manifest_alg = settings
         .manifest
         .filter(|_| info.version_num >= MINIMUM_VERSION_FOR_MANIFESTS);
-    let pages = (settings.verify_page_checksums && info.data_checksums && info.block_size == 8192)
-        .then_some(PageVerification {
-            start_lsn: started.start_lsn,
-            blocks_per_segment: info.blocks_per_segment,
-        });
+    let pages =
+        (settings.verify_page_checksums && info.data_checksums && info.block_size == BLCKSZ as u32)
+            .then_some(PageVerification {
+                start_lsn: started.start_lsn,
+                blocks_per_segment: info.blocks_per_segment,
+            });
     let integrity = Integrity::new(
         &plan.files,
         manifest_alg,

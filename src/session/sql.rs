@@ -261,4 +261,10 @@ mod tests {
         assert!(server_layout(100023).contains("'0700'"));
         assert!(server_layout(110000).contains("data_directory_mode"));
     }
+
+    #[test]
+    fn delta_hashes_blocks_of_the_page_size() {
+        let block = format!("FOR {}", crate::pg::BLCKSZ);
+        assert!(HASH_BLOCKS.contains(&block));
+    }
 }

@@ -43,18 +43,14 @@ use super::dest::Dest;
 use super::{AUTO_CONF, Output, shell_quote, unix_now};
 use crate::abort::Abort;
 use crate::bail_with;
-use crate::cli::Settings;
-use crate::copy::{Scratch, Sink};
 use crate::error::{Exit, ExitContext};
 use crate::fsx;
+use crate::output::{Scratch, Sink};
+use crate::pg::version::MINIMUM_VERSION_FOR_RECOVERY_GUC;
 use crate::plan::{self, FileEntry, Plan, Task};
 use crate::session::server::{ServerInfo, Tablespace};
 use compress::TarCompression;
 use writer::TarWriter;
-
-/// The first version whose standby settings go into postgresql.auto.conf
-/// (before 12: recovery.conf), as pg_basebackup.c names it.
-pub(crate) const MINIMUM_VERSION_FOR_RECOVERY_GUC: u32 = 120000;
 
 /// One archive: `base`, or a tablespace's `<oid>`.
 struct Archive {
@@ -119,15 +115,37 @@ impl ArchiveStyle {
     }
 }
 
+/// `-F t` and its compression; DEST `-` means standard output.
+#[derive(Debug, Clone, Copy)]
+pub struct TarFormat {
+    pub compression: TarCompression,
+    pub to_stdout: bool,
+}
+
+/// What the command line asks of a tar output.
+pub struct TarOptions<'a> {
+    pub format: TarFormat,
+    /// The directory of the archives (unless they go to standard output).
+    pub dest: &'a Path,
+    /// Workers (-j): the reorder window is twice that.
+    pub jobs: usize,
+    /// Whether the archives are synced at the end (not --no-sync).
+    pub sync: bool,
+    /// -x: a pg_wal archive (or the WAL in the one archive) is written.
+    pub fetch_wal: bool,
+    /// -R: the standby settings are appended to postgresql.auto.conf.
+    pub write_recovery_conf: bool,
+}
+
 impl TarOutput {
     /// The archives, created now (empty DEST, or standard output after
     /// checking that one tar can hold the backup).
     pub fn create(
-        settings: &Settings,
+        options: &TarOptions,
         info: &ServerInfo,
         tablespaces: &[Tablespace],
     ) -> Result<TarOutput> {
-        let format = settings.tar.context("not a tar backup")?;
+        let format = options.format;
         let linked: Vec<&Tablespace> = tablespaces
             .iter()
             .filter(|t| t.location.starts_with('/'))
@@ -137,17 +155,17 @@ impl TarOutput {
             compression: format.compression,
             // Enough tasks in flight that no worker waits for another one's
             // slow request, few enough to bound memory (module comment).
-            window: 2 * settings.jobs,
-            sync: settings.sync,
+            window: 2 * options.jobs,
+            sync: options.sync,
             dir_mode,
             file_mode: fsx::file_mode_for(dir_mode),
         };
         let (dir, archives, wal_scratch) = if format.to_stdout {
-            let (archive, scratch) = stdout_archive(&style, &linked, settings.fetch_wal)?;
+            let (archive, scratch) = stdout_archive(&style, &linked, options.fetch_wal)?;
             (None, vec![archive], scratch)
         } else {
-            let dest = Dest::prepare(&settings.dest, dir_mode)?;
-            match dir_archives(&dest, &style, &linked, settings.fetch_wal) {
+            let dest = Dest::prepare(options.dest, dir_mode)?;
+            match dir_archives(&dest, &style, &linked, options.fetch_wal) {
                 Ok((archives, scratch)) => (Some(dest), archives, scratch),
                 Err(e) => {
                     if let Err(cleanup) = dest.discard() {
@@ -164,7 +182,7 @@ impl TarOutput {
             dir.as_ref()
                 .map_or("standard output".into(), |d| d.root().display().to_string())
         );
-        let held_back = (settings.write_recovery_conf
+        let held_back = (options.write_recovery_conf
             && info.version_num >= MINIMUM_VERSION_FOR_RECOVERY_GUC)
             .then(|| HeldBack {
                 path: AUTO_CONF,

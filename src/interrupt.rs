@@ -132,7 +132,7 @@ pub fn only_local_work_left() {
 }
 
 /// Remember a session until `alive` can no longer be upgraded (the
-/// connection holds the only strong reference, see `conn.rs`).
+/// connection holds the only strong reference, see `conn/attempt.rs`).
 pub fn register(token: CancelToken, alive: Weak<()>) {
     let mut sessions = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
     sessions.retain(|s| s.alive.strong_count() > 0);

@@ -1,7 +1,7 @@
 //! The plain format (`-F p`): the copy is a data directory, each piece
-//! written straight to its place in DEST ([`Dest`]). Kept apart from
-//! `dest.rs` because the worker pool's [`Sink`] is implemented here, and
-//! `dest.rs` is also used by modules the pool itself uses (--delta).
+//! written straight to its place in DEST ([`Dest`]). `dest` is the
+//! directory itself (checks, writes, removal), which --delta uses too; this
+//! file makes it an [`Output`] and the workers' [`Sink`].
 
 use std::ffi::OsStr;
 use std::fs;

@@ -252,9 +252,7 @@ fn stdout_stream_restores_through_a_pipe() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("backup complete"), "{stderr}");
     assert!(
-        !std::env::temp_dir()
-            .join(format!("pg_basebackup-wal-{pid}-0"))
-            .exists(),
+        wal_scratch_of(pid).is_empty(),
         "the WAL scratch directory is gone"
     );
     assert!(data.join("backup_manifest").is_file());
@@ -485,9 +483,18 @@ fn interrupted_tar_backup_leaves_nothing() {
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("base/"), "{listed}");
     assert!(!listed.contains("global/pg_control"), "{listed}");
-    assert!(
-        !std::env::temp_dir()
-            .join(format!("pg_basebackup-wal-{pid}-0"))
-            .exists()
-    );
+    let left = wal_scratch_of(pid);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The WAL scratch directories the run `pid` left in the temporary
+/// directory (`pg_basebackup-wal-<pid>-<random>`, made by tempfile).
+fn wal_scratch_of(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("pg_basebackup-wal-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }

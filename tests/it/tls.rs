@@ -619,7 +619,7 @@ fn a_server_without_tls_is_refused_by_require_and_used_plain_by_prefer() {
 
 /// libpq (checked with psql 15) accepts an IP address as host when the
 /// certificate has no iPAddress subjectAltName and its CN is that address
-/// (OpenSSL's own X509_check_ip never looks at the CN; conn.rs has libpq's
+/// (OpenSSL's own X509_check_ip never looks at the CN; src/conn/tls/host_name.rs has libpq's
 /// rule, with unit tests for the other cases).
 #[test]
 fn verify_full_accepts_an_ip_address_in_the_common_name() {

@@ -9,7 +9,7 @@ use postgres::Client;
 use postgres::types::{FromSql, PgLsn, Type};
 
 use crate::bail_with;
-use crate::error::{Exit, ExitContext};
+use crate::error::{Exit, ExitContext, Failure};
 use crate::pg::Lsn;
 use crate::pg::version::{
     MINIMUM_SUPPORTED_VERSION, MINIMUM_VERSION_FOR_BACKUP_START,
@@ -20,9 +20,7 @@ use crate::session::sql;
 /// Run and log one statement that returns nothing we need.
 fn execute(client: &mut Client, sql: &str) -> Result<()> {
     debug!("SQL: {sql}");
-    client
-        .batch_execute(sql)
-        .with_context(|| format!("query failed: {sql}"))
+    client.batch_execute(sql).map_err(|e| failed(e, sql))
 }
 
 fn query_one(
@@ -31,9 +29,21 @@ fn query_one(
     params: &[&(dyn postgres::types::ToSql + Sync)],
 ) -> Result<postgres::Row> {
     debug!("SQL: {sql}");
-    client
-        .query_one(sql, params)
-        .with_context(|| format!("query failed: {sql}"))
+    client.query_one(sql, params).map_err(|e| failed(e, sql))
+}
+
+/// A statement that failed. A session lost on the way (its backend ended,
+/// the server restarted, the network broke) fails the backup, exit code 6,
+/// in whatever phase: it is not a bug of ours.
+fn failed(e: postgres::Error, sql: &str) -> anyhow::Error {
+    let lost =
+        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    let err = anyhow::Error::new(e).context(format!("query failed: {sql}"));
+    if lost {
+        err.context(Failure::new(Exit::Backup, "lost the session to the server"))
+    } else {
+        err
+    }
 }
 
 /// What we learn about the server once, on the first connection.

@@ -12,6 +12,7 @@ mod data_kinds;
 mod delta;
 mod faults;
 mod harness_smoke;
+mod incremental;
 mod memory;
 mod sources;
 mod tar_format;

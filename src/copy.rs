@@ -22,7 +22,7 @@ use crate::delta::Delta;
 use crate::integrity::{Integrity, Suspect};
 use crate::output::{Scratch, Sink};
 use crate::pg::BLCKSZ;
-use crate::plan::{Plan, Task};
+use crate::plan::{Piece, Plan, Task};
 use crate::progress::Progress;
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
@@ -185,17 +185,34 @@ fn copy_task(
     scratch: &mut Scratch,
     suspects: &mut Vec<Suspect>,
 ) -> Result<()> {
-    let files = &shared.job.plan.files;
+    let plan = shared.job.plan;
     let mut pending: Vec<usize> = (0..task.pieces.len()).collect();
     let mut attempt = 0;
     while !pending.is_empty() {
+        // The header of an INCREMENTAL. file is written, not read.
+        while let Some(header) = pending
+            .first()
+            .and_then(|&i| made_here(plan, task.pieces[i]))
+        {
+            write_piece(shared, scratch, task, pending[0], Some(header), suspects)?;
+            pending.remove(0);
+        }
         let ranges: Vec<_> = pending
             .iter()
-            .map(|&i| {
+            .map_while(|&i| {
                 let p = task.pieces[i];
-                (files[p.file].path.as_str(), p.offset, p.len)
+                match plan.assembled.get(&p.file) {
+                    None => Some((plan.files[p.file].path.as_str(), p.offset, p.len)),
+                    Some(a) => a
+                        .source_offset(p.offset)
+                        .map(|at| (a.source.as_str(), at, p.len)),
+                }
             })
             .collect();
+        if ranges.is_empty() {
+            anyhow::ensure!(pending.is_empty(), "a piece of the plan has no source");
+            break;
+        }
         // Rows come in request order (WITH ORDINALITY over the arrays), so
         // what was handed over when a session is lost is a prefix.
         let mut done = 0;
@@ -214,6 +231,16 @@ fn copy_task(
         }
     }
     shared.job.sink.end_task(index, task, scratch)
+}
+
+/// The bytes of a piece that is written as it is, not read: the header of
+/// an `INCREMENTAL.` file.
+fn made_here(plan: &Plan, piece: Piece) -> Option<&[u8]> {
+    let a = plan.assembled.get(&piece.file)?;
+    let (start, end) = (piece.offset as usize, (piece.offset + piece.len) as usize);
+    a.header
+        .get(start..end)
+        .filter(|_| a.source_offset(piece.offset).is_none())
 }
 
 /// Hand piece `i` of `task` to the sink and account for it (checksums,
@@ -251,16 +278,26 @@ fn write_piece(
             shared.job.integrity.mark_vanished(piece.file);
         }
         Some(bytes) => {
-            shared
-                .bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if made_here(shared.job.plan, piece).is_none() {
+                shared
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
             shared.job.progress.add_data(bytes.len() as u64);
-            suspects.extend(shared.job.integrity.observe(
+            // The blocks of an INCREMENTAL. file are checked as blocks of
+            // their relation file; its header is no page.
+            let source = match shared.job.plan.assembled.get(&piece.file) {
+                None => Some((file.path.as_str(), piece.offset)),
+                Some(a) => a
+                    .source_offset(piece.offset)
+                    .map(|at| (a.source.as_str(), at)),
+            };
+            suspects.extend(shared.job.integrity.observe_from(
                 piece.file,
-                file,
                 piece.offset,
                 piece.len,
                 bytes,
+                source.unwrap_or(("", 0)),
             )?);
         }
     }
@@ -271,14 +308,15 @@ fn write_piece(
 /// read each failing page once more before calling it corrupt.
 fn recheck(reader: &mut Reader, shared: &Shared, suspects: Vec<Suspect>) -> Result<()> {
     for suspect in suspects {
-        let file = &shared.job.plan.files[suspect.file];
-        reader.read(
-            &[(file.path.as_str(), suspect.offset, BLCKSZ as u64)],
-            |_, page| {
-                shared.job.integrity.recheck(file, &suspect, page);
-                Ok(())
-            },
-        )?;
+        let plan = shared.job.plan;
+        let path = match plan.assembled.get(&suspect.file) {
+            Some(a) => a.source.as_str(),
+            None => plan.files[suspect.file].path.as_str(),
+        };
+        reader.read(&[(path, suspect.offset, BLCKSZ as u64)], |_, page| {
+            shared.job.integrity.recheck(path, &suspect, page);
+            Ok(())
+        })?;
     }
     Ok(())
 }

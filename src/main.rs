@@ -9,6 +9,7 @@ mod copy;
 mod delta;
 mod error;
 mod fsx;
+mod incremental;
 mod integrity;
 mod interrupt;
 mod manifest;

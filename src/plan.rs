@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::incremental::file::Assembled;
 use crate::paths::normalize_relative;
 use crate::session::server::{ListedEntry, Tablespace};
 
@@ -147,11 +148,28 @@ pub struct Plan {
     /// Files and directories whose paths are not valid UTF-8, parents
     /// first; not in `files`, `dirs` or `tasks`.
     pub odd: Vec<OddEntry>,
+    /// Files of `files` that are not copies of a listed file, by index.
+    pub assembled: BTreeMap<usize, Assembled>,
 }
 
 impl Plan {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// What the copy stands for: an `INCREMENTAL.` file counts with the
+    /// size of its relation file.
+    pub fn full_bytes(&self) -> u64 {
+        let of =
+            |(i, f): (usize, &FileEntry)| self.assembled.get(&i).map_or(f.size, |a| a.source_size);
+        self.files.iter().enumerate().map(of).sum()
+    }
+
+    /// What the copy reads from the server (not the headers of the
+    /// `INCREMENTAL.` files, which it writes itself).
+    pub fn fetch_bytes(&self) -> u64 {
+        let headers: u64 = self.assembled.values().map(|a| a.header.len() as u64).sum();
+        self.total_bytes() - headers
     }
 }
 
@@ -447,13 +465,23 @@ pub fn rows(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
 /// piece (an empty file a zero-length one), so every file is created.
 /// `skip` (pg_control) gets no task.
 pub fn chunk(files: &[FileEntry], skip: Option<usize>, chunk_size: u64) -> Vec<Task> {
-    /// Most rows in one request.
-    const MAX_PIECES: usize = 256;
+    chunk_where(files, |i| Some(i) == skip, chunk_size)
+}
+
+/// Most rows in one request.
+pub const MAX_PIECES: usize = 256;
+
+/// [`chunk`] of the files for which `skip` is false.
+pub fn chunk_where(
+    files: &[FileEntry],
+    skip: impl Fn(usize) -> bool,
+    chunk_size: u64,
+) -> Vec<Task> {
     let mut tasks = Vec::new();
     let mut batch = Task { pieces: Vec::new() };
     let piece = |file, (offset, len)| Piece { file, offset, len };
     for (i, f) in files.iter().enumerate() {
-        if Some(i) == skip {
+        if skip(i) {
             continue;
         }
         if f.size >= chunk_size {

@@ -346,6 +346,9 @@ pub struct Summary {
     pub seconds: f64,
     pub checksum_failures: u64,
     pub manifest_written: bool,
+    /// An incremental backup: the size of the files it stands for, of
+    /// which `data_bytes` were fetched.
+    pub full_bytes: Option<u64>,
 }
 
 /// One line, e.g. "12 files, 1590 MB data, 3 WAL segments (48 MB), 4.2 s,
@@ -364,6 +367,15 @@ impl fmt::Display for Summary {
         )?;
         if self.wal_bytes > 0 {
             write!(f, " ({})", format_size(self.wal_bytes))?;
+        }
+        if let Some(full) = self.full_bytes {
+            write!(
+                f,
+                ", incremental: {} fetched of {} ({:.1}%)",
+                format_size(self.data_bytes),
+                format_size(full),
+                self.data_bytes as f64 * 100.0 / full.max(1) as f64
+            )?;
         }
         write!(f, ", {:.1} s", self.seconds)?;
         if self.seconds > 0.0 {
@@ -591,6 +603,7 @@ mod tests {
             seconds: 4.2,
             checksum_failures: 0,
             manifest_written: true,
+            full_bytes: None,
         };
         assert_eq!(
             summary.to_string(),
@@ -606,6 +619,7 @@ mod tests {
             seconds: 0.0,
             checksum_failures: 1,
             manifest_written: false,
+            full_bytes: None,
         };
         assert_eq!(
             summary.to_string(),
@@ -623,6 +637,18 @@ mod tests {
             summary.to_string(),
             "2 files, 12.3 GB data, 0 WAL segments, 10.0 s, 1259 MB/s, \
              0 checksum failures, manifest written"
+        );
+
+        let summary = Summary {
+            files: 2,
+            data_bytes: 30 * MB,
+            full_bytes: Some(1200 * MB),
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "2 files, 30 MB data, 0 WAL segments, incremental: 30 MB fetched of 1200 MB (2.5%), \
+             0.0 s, 0 checksum failures, no manifest"
         );
 
         assert_eq!(

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-pub use settings::{RunMode, Settings};
+pub use settings::{IncrementalSettings, RunMode, Settings};
 use values::{parse_rate, parse_size};
 
 use crate::error::Exit;
@@ -205,4 +205,20 @@ pub struct Args {
     /// trusts the server's mtimes).
     #[arg(long, requires = "delta")]
     pub trust_mtime: bool,
+
+    /// Take an incremental backup in PostgreSQL's own format on top of the
+    /// backup whose backup_manifest this is (PostgreSQL 17+, summarize_wal =
+    /// on); pg_combinebackup restores the chain.
+    #[arg(long, value_name = "PRIOR_MANIFEST")]
+    pub incremental: Option<PathBuf>,
+
+    /// With --incremental: how long to wait, in seconds, for the server's
+    /// WAL summarizer to reach the backup's start.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 120,
+        requires = "incremental"
+    )]
+    pub incremental_wait: u64,
 }

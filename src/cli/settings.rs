@@ -64,6 +64,17 @@ pub struct Settings {
     pub tar: Option<TarFormat>,
     /// --delta: refresh the copy already in DEST.
     pub delta: Option<crate::delta::Options>,
+    /// --incremental: an incremental backup on top of a prior one.
+    pub incremental: Option<IncrementalSettings>,
+}
+
+/// --incremental and --incremental-wait.
+#[derive(Debug, Clone)]
+pub struct IncrementalSettings {
+    /// The prior backup's backup_manifest.
+    pub prior_manifest: PathBuf,
+    /// Longest wait for the WAL summarizer to reach the backup's start.
+    pub wait: Duration,
 }
 
 /// Most parallel sessions this tool opens (-j).
@@ -102,6 +113,13 @@ impl Args {
             bail_with!(
                 Exit::Usage,
                 "--delta refreshes a whole copy in place: it cannot be combined with -S, --stdin, --clean or -f"
+            );
+        }
+        if self.incremental.is_some() && (self.delta || self.auxiliary || self.stdin || self.clean)
+        {
+            bail_with!(
+                Exit::Usage,
+                "--incremental takes a new backup: it cannot be combined with --delta, -S, --stdin or --clean"
             );
         }
         let tablespace_mapping = self
@@ -257,6 +275,10 @@ impl Args {
             delta: self.delta.then_some(crate::delta::Options {
                 trust_mtime: self.trust_mtime,
             }),
+            incremental: self.incremental.map(|prior_manifest| IncrementalSettings {
+                prior_manifest,
+                wait: Duration::from_secs(self.incremental_wait),
+            }),
         }
     }
 }
@@ -361,6 +383,9 @@ mod tests {
             &["--delta", "-f", "dsn", "d"],
             &["--delta", "-S", "--stdin", "dsn", "d"],
             &["--delta", "-F", "t", "dsn", "d"],
+            &["--incremental", "m", "--delta", "dsn", "d"],
+            &["--incremental", "m", "-S", "--stdin", "dsn", "d"],
+            &["--incremental-wait", "5", "dsn", "d"],
         ] {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");

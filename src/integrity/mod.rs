@@ -116,6 +116,21 @@ impl Integrity {
         len: u64,
         data: &[u8],
     ) -> Result<Vec<Suspect>> {
+        self.observe_from(index, offset, len, data, (&file.path, offset))
+    }
+
+    /// [`observe`](Self::observe) for bytes that come from elsewhere: the
+    /// blocks of an `INCREMENTAL.` file, whose pages are checked as blocks
+    /// of their relation file `source.0` at offset `source.1` (the block
+    /// number is part of a page checksum); a suspect's offset is there.
+    pub fn observe_from(
+        &self,
+        index: usize,
+        offset: u64,
+        len: u64,
+        data: &[u8],
+        (path, at): (&str, u64),
+    ) -> Result<Vec<Suspect>> {
         if let Some(sums) = &self.checksums {
             let sum = &sums[index];
             sum.update(offset, data)?;
@@ -128,10 +143,10 @@ impl Integrity {
         }
         let mut suspects = Vec::new();
         if let Some(pv) = &self.pages {
-            if page::is_checksummed_file(&file.path) && offset % BLCKSZ as u64 == 0 {
+            if page::is_checksummed_file(path) && at % BLCKSZ as u64 == 0 {
                 for (i, page) in data.chunks_exact(BLCKSZ).enumerate() {
-                    let block_offset = offset + (i * BLCKSZ) as u64;
-                    if let PageVerdict::Mismatch { .. } = self.verdict(file, block_offset, page, pv)
+                    let block_offset = at + (i * BLCKSZ) as u64;
+                    if let PageVerdict::Mismatch { .. } = self.verdict(path, block_offset, page, pv)
                     {
                         suspects.push(Suspect {
                             file: index,
@@ -155,19 +170,19 @@ impl Integrity {
 
     fn verdict(
         &self,
-        file: &FileEntry,
+        path: &str,
         block_offset: u64,
         page: &[u8],
         pv: &PageVerification,
     ) -> PageVerdict {
         let block_in_file = (block_offset / BLCKSZ as u64) as u32;
-        let blkno = page::relation_block_number(&file.path, block_in_file, pv.blocks_per_segment);
+        let blkno = page::relation_block_number(path, block_in_file, pv.blocks_per_segment);
         page::check_page(page, blkno, pv.start_lsn)
     }
 
-    /// Judge a suspect block again with freshly read bytes (`None`: the file
-    /// or the block is gone, which is no corruption).
-    pub fn recheck(&self, file: &FileEntry, suspect: &Suspect, page: Option<&[u8]>) {
+    /// Judge a suspect block of the file at `path` again with freshly read
+    /// bytes (`None`: the file or the block is gone, which is no corruption).
+    pub fn recheck(&self, path: &str, suspect: &Suspect, page: Option<&[u8]>) {
         let (Some(pv), Some(page)) = (&self.pages, page) else {
             return;
         };
@@ -175,15 +190,15 @@ impl Integrity {
             return;
         }
         if let PageVerdict::Mismatch { computed, stored } =
-            self.verdict(file, suspect.offset, page, pv)
+            self.verdict(path, suspect.offset, page, pv)
         {
             let block = page::relation_block_number(
-                &file.path,
+                path,
                 (suspect.offset / BLCKSZ as u64) as u32,
                 pv.blocks_per_segment,
             );
             let failure = PageFailure {
-                path: file.path.clone(),
+                path: path.to_string(),
                 block,
                 computed,
                 stored,
@@ -256,13 +271,13 @@ mod tests {
             .unwrap();
         assert_eq!(suspects.len(), 1);
         assert_eq!(suspects[0].offset, 0);
-        integrity.recheck(&files[0], &suspects[0], Some(&page));
+        integrity.recheck(&files[0].path, &suspects[0], Some(&page));
         let failures = integrity.page_failures();
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].block, 0);
         assert_eq!(failures[0].stored, 0x12);
         // A re-read that finds a good (here: new) page clears the suspicion.
-        integrity.recheck(&files[0], &suspects[0], Some(&[0u8; BLCKSZ]));
+        integrity.recheck(&files[0].path, &suspects[0], Some(&[0u8; BLCKSZ]));
         assert_eq!(integrity.page_failures().len(), 1);
     }
 }

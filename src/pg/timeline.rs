@@ -98,6 +98,12 @@ impl History {
             .collect()
     }
 
+    /// Every timeline of the ancestry, oldest first: (timeline, begin, end),
+    /// end None for the newest.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, Lsn, Option<Lsn>)> + '_ {
+        self.spans.iter().map(|s| (s.timeline, s.begin, s.end))
+    }
+
     /// Whether `timeline` is this one or one of its ancestors.
     pub fn descends_from(&self, timeline: u32) -> bool {
         self.spans.iter().any(|s| s.timeline == timeline)

@@ -40,3 +40,7 @@ pub const MINIMUM_VERSION_FOR_MANIFEST_SYSTEM_IDENTIFIER: u32 = 170000;
 /// The backup functions are `pg_backup_start` and `pg_backup_stop`, and
 /// exclusive backups are gone.
 pub const MINIMUM_VERSION_FOR_BACKUP_START: u32 = 150000;
+
+/// Incremental backups: WAL summaries (`summarize_wal`,
+/// `pg_wal_summary_contents()`), `INCREMENTAL.` files and pg_combinebackup.
+pub const MINIMUM_VERSION_FOR_INCREMENTAL: u32 = 170000;

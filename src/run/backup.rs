@@ -28,6 +28,7 @@ use crate::conn::ConnSpec;
 use crate::copy::{CopyOutcome, Job, copy_files};
 use crate::delta::{self, Delta, Earlier};
 use crate::error::{Exit, Failure};
+use crate::incremental::label::add_incremental_lines;
 use crate::integrity::checksum::{ChecksumAlgorithm, checksum_of};
 use crate::integrity::{Integrity, PageFailure, PageVerification};
 use crate::manifest::ManifestWriter;
@@ -42,6 +43,7 @@ use crate::pg::wal_names::segment_name;
 use crate::pg::{BLCKSZ, Lsn};
 use crate::plan::{self, Plan};
 use crate::progress::{Progress, Summary};
+use crate::run::incremental::{self, Prior};
 use crate::run::tablespaces;
 use crate::run::{
     Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, open_readers,
@@ -59,9 +61,23 @@ pub fn backup(
     abort: &Abort,
 ) -> Result<()> {
     let began = Instant::now();
+    let prior = settings
+        .incremental
+        .as_ref()
+        .map(incremental::read_prior)
+        .transpose()?;
     let earlier = inspect_dest(settings)?;
     let (mut sessions, info) = open_sessions(settings, spec, reading, earlier.as_ref())?;
-    let run = survey(
+    let prior = match (prior, &settings.incremental) {
+        (Some(manifest), Some(inc)) => Some(incremental::check_server(
+            manifest,
+            inc,
+            sessions.queries().client(),
+            &info,
+        )?),
+        _ => None,
+    };
+    let mut run = survey(
         settings,
         spec,
         reading,
@@ -70,6 +86,7 @@ pub fn backup(
         &mut sessions,
         earlier.is_some(),
     )?;
+    run.prior = prior;
     let (mut out, mut delta) = open_output(&run, &mut sessions, earlier)?;
     let result = backup_into(&run, &mut sessions, &mut *out, delta.as_mut());
     // Closing the control session ends the backup on the server (if it is
@@ -164,6 +181,8 @@ struct Run<'a> {
     /// Whether the backup stop waits until the server has archived the WAL
     /// the copy needs (without -x, where the server archives).
     wait_for_archive: bool,
+    /// --incremental: the prior backup.
+    prior: Option<Prior>,
 }
 
 /// Before anything is done on the server: whether the role may do all the
@@ -207,6 +226,7 @@ fn survey<'a>(
         slot_obstacle,
         wait_for_archive: archive::stop_waits(settings.fetch_wal, &archive_mode, info.in_recovery),
         archive_mode,
+        prior: None,
     })
 }
 
@@ -255,6 +275,8 @@ struct Finished {
     wal_segments: u64,
     manifest_written: bool,
     page_failures: Vec<PageFailure>,
+    /// --incremental: the size of what the backup stands for.
+    full_bytes: Option<u64>,
 }
 
 /// The four phases. The WAL follower (-x) is made here because it borrows
@@ -307,6 +329,8 @@ struct Started {
     plan: Plan,
     /// A session that watches a standby source for a promotion.
     promotion_watch: Option<Client>,
+    /// --incremental: what backup_label says the backup is incremental from.
+    incremental_from: Option<incremental::From>,
 }
 
 /// Start: the slot, the backup start (its checkpoint), the listing and the
@@ -340,6 +364,18 @@ fn start(
     let queries = sessions.queries().client();
     let timeline = server::current_timeline(queries)?;
     let mut plan = plan_copy(queries, info, &run.tablespaces, settings, Exit::Backup)?;
+    let incremental_from = match &run.prior {
+        Some(prior) => Some(incremental::apply(
+            prior,
+            queries,
+            info,
+            (timeline, start_lsn),
+            &mut plan,
+            settings.chunk_size,
+            run.abort,
+        )?),
+        None => None,
+    };
     if settings.tar.is_none() {
         plan.tasks = plan::spread_files(plan.tasks);
     }
@@ -361,6 +397,7 @@ fn start(
         timeline,
         plan,
         promotion_watch,
+        incremental_from,
     })
 }
 
@@ -537,7 +574,12 @@ fn stop(
         );
     }
     // Waiting for the archiver can take long: a signal cancels it (interrupt.rs).
-    let stop = server::stop_backup(control, info, run.wait_for_archive)?;
+    let mut stop = server::stop_backup(control, info, run.wait_for_archive)?;
+    // pg_backup_stop() leaves out what the server's own incremental backup
+    // adds (xlogbackup.c:build_backup_content).
+    if let Some(from) = started.incremental_from {
+        stop.label_file = add_incremental_lines(&stop.label_file, from.lsn, from.tli)?;
+    }
     info!(
         "backup stopped at {}{}",
         PgLsn::from(stop.lsn),
@@ -644,6 +686,7 @@ fn finish(
         wal_segments: stopped.wal.segments,
         manifest_written: copied.manifest_alg.is_some(),
         page_failures: copied.integrity.page_failures(),
+        full_bytes: run.prior.as_ref().map(|_| plan.full_bytes()),
     })
 }
 
@@ -733,6 +776,7 @@ fn report(run: &Run, done: &Finished, out: &dyn Output, began: Instant) {
         seconds: began.elapsed().as_secs_f64(),
         checksum_failures: done.page_failures.len() as u64,
         manifest_written: done.manifest_written,
+        full_bytes: done.full_bytes,
     };
     if done.page_failures.is_empty() {
         info!("{summary}");

@@ -9,6 +9,7 @@
 mod aux_copy;
 mod backup;
 mod clean;
+mod incremental;
 mod tablespaces;
 mod wal_feed;
 

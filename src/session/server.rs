@@ -23,7 +23,7 @@ fn execute(client: &mut Client, sql: &str) -> Result<()> {
     client.batch_execute(sql).map_err(|e| failed(e, sql))
 }
 
-fn query_one(
+pub(super) fn query_one(
     client: &mut Client,
     sql: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
@@ -35,7 +35,7 @@ fn query_one(
 /// A statement that failed. A session lost on the way (its backend ended,
 /// the server restarted, the network broke) fails the backup, exit code 6,
 /// in whatever phase: it is not a bug of ours.
-fn failed(e: postgres::Error, sql: &str) -> anyhow::Error {
+pub(super) fn failed(e: postgres::Error, sql: &str) -> anyhow::Error {
     let lost =
         e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     let err = anyhow::Error::new(e).context(format!("query failed: {sql}"));

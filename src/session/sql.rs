@@ -244,6 +244,37 @@ pub const HASH_BLOCKS: &str = "SELECT t.n, CASE WHEN r.d IS NOT NULL THEN ARRAY(
 /// which only it knows for sure).
 pub const EPOCH_OF_TIMESTAMP: &str = "SELECT extract(epoch FROM $1::text::timestamptz)::int8";
 
+// Incremental backups (PostgreSQL 17+). The summary functions are
+// src/backend/backup/walsummaryfuncs.c; EXECUTE on them is PUBLIC's.
+
+/// What an incremental backup needs the server to be set to: the WAL
+/// summarizer on, and the block and segment sizes pg_combinebackup is built
+/// with (`segment_size` in blocks, as PostgreSQL reports it).
+pub const INCREMENTAL_SETTINGS: &str = "SELECT current_setting('summarize_wal'), \
+     current_setting('block_size')::int8, \
+     (SELECT setting::int8 FROM pg_settings WHERE name = 'segment_size')";
+
+/// A timeline's history file, `pg_wal/<TLI>.history` (NULL when missing).
+pub const READ_TIMELINE_HISTORY: &str = "SELECT pg_read_binary_file($1, true)";
+
+/// Where the WAL summarizer is (`pg_get_wal_summarizer_state()`): polled
+/// until `summarized_lsn` reaches the backup's start, as
+/// `WaitForWalSummarization()` (walsummarizer.c) does on the server.
+pub const SUMMARIZER_STATE: &str = "SELECT summarized_tli::int8, summarized_lsn::text, \
+     pending_lsn::text, summarizer_pid IS NOT NULL, current_setting('summarize_wal') \
+     FROM pg_get_wal_summarizer_state()";
+
+/// Summaries that may overlap `[$1, $2)` (the server's
+/// `GetWalSummaries(0, start, end)` filter, walsummary.c).
+pub const AVAILABLE_SUMMARIES: &str = "SELECT tli::int8, start_lsn::text, end_lsn::text \
+     FROM pg_available_wal_summaries() \
+     WHERE end_lsn > $1::text::pg_lsn AND start_lsn < $2::text::pg_lsn";
+
+/// The contents of one summary: `$1` tli, `$2` start, `$3` end (text LSNs).
+pub const SUMMARY_CONTENTS: &str = "SELECT reltablespace::int8, reldatabase::int8, \
+     relfilenode::int8, relforknumber::int2, relblocknumber::int8, is_limit_block \
+     FROM pg_wal_summary_contents($1::int8, $2::text::pg_lsn, $3::text::pg_lsn)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,8 @@ def time_rounds(args, runs, cluster, logs, b, results):
             if rnd:
                 results.setdefault(name, []).append(r)
             read = f"{r['read'] / b.MB:.1f} MB read ({r['wal_read'] / b.MB:.1f} WAL), " if r["read"] else ""
+            said = re.findall(r"incremental: \S+ \S+ fetched of \S+ \S+ \([\d.]+%\)", b.tail(log, 400))
+            read += f"tool says {said[-1]}, " if said and kind == "ours" else ""
             b.say(f"{tag:<8} {name:<24} {r['wall']:7.2f} s  client cpu {r['user'] + r['sys']:6.2f} s  "
                   f"server cpu {r['server']:5.2f} s  {read}copy {r['copy'] / b.MB:.1f} MB "
                   f"({r['copy_data'] / b.MB:.1f} without pg_wal)")

@@ -58,7 +58,8 @@ def changed_blocks(cluster, since):
 
 
 def read_bytes(log_text):
-    """(bytes read from the server, of which WAL) from our tool's -v lines."""
+    """(data bytes read from the server, WAL bytes read) from our tool's -v
+    lines (the first counts the data files' reads, not the WAL's)."""
     m = re.findall(r"(\d+) bytes crossed the wire for (\d+) bytes read", log_text)
     w = re.findall(r"WAL \S+ to \S+ copied[^(]*\((\d+) bytes read\)", log_text)
     return (int(m[-1][1]) if m else None), (int(w[-1]) if w else 0)
@@ -102,7 +103,7 @@ def time_rounds(args, runs, cluster, logs, b, results):
             r["copy"], r["copy_data"] = copy_bytes(dest, b)
             if rnd:
                 results.setdefault(name, []).append(r)
-            read = f"{r['read'] / b.MB:.1f} MB read ({r['wal_read'] / b.MB:.1f} WAL), " if r["read"] else ""
+            read = f"{r['read'] / b.MB:.1f} MB data + {r['wal_read'] / b.MB:.1f} MB WAL read, " if r["read"] else ""
             said = re.findall(r"incremental: \S+ \S+ fetched of \S+ \S+ \([\d.]+%\)", b.tail(log, 400))
             read += f"tool says {said[-1]}, " if said and kind == "ours" else ""
             b.say(f"{tag:<8} {name:<24} {r['wall']:7.2f} s  client cpu {r['user'] + r['sys']:6.2f} s  "
@@ -135,13 +136,13 @@ def report(args, results, b):
         read, wal = median(rs, "read"), median(rs, "wal_read")
         rows.append([name, f"{median(rs, 'wall'):.2f}",
                      f"{min(r['wall'] for r in rs):.2f}–{max(r['wall'] for r in rs):.2f}",
+                     f"{(read + wal) / b.MB:.1f}" if read else "—",
                      f"{read / b.MB:.1f}" if read else "—",
-                     f"{(read - wal) / b.MB:.1f}" if read else "—",
                      f"{median(rs, 'copy') / b.MB:.1f}", f"{median(rs, 'copy_data') / b.MB:.1f}",
                      f"{statistics.median(r['user'] + r['sys'] for r in rs):.2f}", f"{median(rs, 'server'):.2f}"])
-    b.say(f"\nMedians over {args.rounds} rounds (MB = 2^20 bytes; 'read' = our tool's -v line 'N bytes crossed "
-          "the wire for M bytes read', data and WAL; 'data read' = that minus 'WAL A to B copied (N bytes read)'; "
-          "'copy' = du -sb of what was written):\n")
+    b.say(f"\nMedians over {args.rounds} rounds (MB = 2^20 bytes; 'data read' = our tool's -v line 'N bytes "
+          "crossed the wire for M bytes read' (data files); 'read' = that plus the -v line 'WAL A to B copied "
+          "(N bytes read)'; 'copy' = du -sb of what was written):\n")
     b.say(b.table(["run", "wall s", "range s", "MB read", "data MB read", "copy MB", "copy w/o pg_wal MB",
                    "client CPU s", "server CPU s"], rows, "lrrrrrrrr"))
 
@@ -152,8 +153,9 @@ def ratios(results, jobs, b):
     pgf, pgi = med["PG full"], med["PG incremental"]
     lines = []
     if full["read"] and incr["read"]:
-        lines.append(f"ours incremental / ours full: {(incr['read'] - incr['wal_read']) / (full['read'] - full['wal_read']):.1%} "
-                     f"of the data bytes read, {incr['read'] / full['read']:.1%} with WAL (target <= 10%); "
+        lines.append(f"ours incremental / ours full: {incr['read'] / full['read']:.1%} of the data bytes read "
+                     f"(target <= 10%), {(incr['read'] + incr['wal_read']) / (full['read'] + full['wal_read']):.1%} "
+                     "with WAL; "
                      f"{incr['wall'] / full['wall']:.1%} of the wall time (target <= 20%)")
     lines.append(f"ours incremental / ours full, copy without pg_wal: {incr['copy_data'] / full['copy_data']:.1%}")
     lines.append(f"PG incremental / PG full: {pgi['copy_data'] / pgf['copy_data']:.1%} of the copy without pg_wal, "

@@ -156,21 +156,6 @@ impl Plan {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
-
-    /// What the copy stands for: an `INCREMENTAL.` file counts with the
-    /// size of its relation file.
-    pub fn full_bytes(&self) -> u64 {
-        let of =
-            |(i, f): (usize, &FileEntry)| self.assembled.get(&i).map_or(f.size, |a| a.source_size);
-        self.files.iter().enumerate().map(of).sum()
-    }
-
-    /// What the copy reads from the server (not the headers of the
-    /// `INCREMENTAL.` files, which it writes itself).
-    pub fn fetch_bytes(&self) -> u64 {
-        let headers: u64 = self.assembled.values().map(|a| a.header.len() as u64).sum();
-        self.total_bytes() - headers
-    }
 }
 
 /// Directory names whose contents the listing must not descend into.

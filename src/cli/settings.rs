@@ -355,6 +355,12 @@ mod tests {
             ]
         );
         assert_eq!(settings(&["--clean", "dsn"]).unwrap().mode, RunMode::Clean);
+        let s = settings(&["--incremental", "m", "--incremental-wait", "5", "dsn", "d"]).unwrap();
+        let inc = s.incremental.unwrap();
+        assert_eq!(
+            (inc.prior_manifest.to_str(), inc.wait),
+            (Some("m"), Duration::from_secs(5))
+        );
         assert_eq!(
             settings(&["-r", "512k", "dsn", "d"]).unwrap().max_rate,
             Some(512 << 10)
@@ -385,7 +391,6 @@ mod tests {
             &["--delta", "-F", "t", "dsn", "d"],
             &["--incremental", "m", "--delta", "dsn", "d"],
             &["--incremental", "m", "-S", "--stdin", "dsn", "d"],
-            &["--incremental-wait", "5", "dsn", "d"],
         ] {
             let err = settings(args).unwrap_err();
             assert_eq!(crate::error::exit_of(&err), Exit::Usage, "{args:?}: {err}");

@@ -132,22 +132,27 @@ pub fn file_backup_method(
     if absolute.len() as f64 * f64::from(g.blcksz) > size as f64 * 0.9 {
         return Method::Whole;
     }
-    let blocks: Vec<u32> = absolute.iter().map(|b| b - start32).collect();
-
-    let mut truncation_block_length = (size / blcksz) as u32;
-    if entry.limit_block() != INVALID_BLOCK_NUMBER {
-        let relative_limit = (limit - seg_start) as u32;
-        if truncation_block_length < relative_limit {
-            truncation_block_length = relative_limit;
-        }
-        if truncation_block_length > g.relseg_size {
-            truncation_block_length = g.relseg_size;
-        }
-    }
     Method::Incremental {
-        blocks,
-        truncation_block_length,
+        blocks: absolute.iter().map(|b| b - start32).collect(),
+        truncation_block_length: truncation_block_length(size, entry.limit_block(), seg_start, g),
     }
+}
+
+/// The truncation block length of the header: the file's length in blocks,
+/// raised to the limit block (relative to the segment) if that is larger, and
+/// capped at RELSEG_SIZE.
+fn truncation_block_length(size: u64, limit_block: u32, seg_start: u64, g: Geometry) -> u32 {
+    let mut length = (size / u64::from(g.blcksz)) as u32;
+    if limit_block != INVALID_BLOCK_NUMBER {
+        let relative_limit = (u64::from(limit_block) - seg_start) as u32;
+        if length < relative_limit {
+            length = relative_limit;
+        }
+        if length > g.relseg_size {
+            length = g.relseg_size;
+        }
+    }
+    length
 }
 
 #[cfg(test)]

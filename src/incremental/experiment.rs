@@ -43,15 +43,27 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
     }
 }
 
-#[test]
-#[ignore = "needs a PostgreSQL data directory and its own backups, see the module doc"]
-fn decisions_and_bytes_match_postgresql() {
+/// What the experiment directory holds for one version.
+struct Setup {
+    dir: PathBuf,
+    v: String,
+    g: Geometry,
+    data: PathBuf,
+    incr: PathBuf,
+    version_dir: String,
+    prior: PriorManifest,
+    start_lsn: u64,
+    from_lsn: u64,
+    required: Vec<super::prior::RequiredRange>,
+}
+
+/// The prior manifest, the incremental backup's label and the plan of summaries.
+fn setup() -> Setup {
     let Ok(dir) = std::env::var("INCX") else {
         panic!("set INCX to the experiment directory");
     };
     let dir = PathBuf::from(dir);
     let v = std::env::var("INCX_VER").unwrap_or_else(|_| "18".to_string());
-    let g = Geometry::default();
     let data = dir.join(format!("pg{v}"));
     let incr = dir.join(format!("incr{v}"));
     let version_dir = fs::read_dir(data.join("pg_tblspc"))
@@ -64,8 +76,6 @@ fn decisions_and_bytes_match_postgresql() {
             })
         })
         .unwrap_or_else(|| format!("PG_{v}_0"));
-
-    // The prior manifest and the plan.
     let prior =
         PriorManifest::parse(&fs::read(dir.join(format!("full{v}/backup_manifest"))).unwrap())
             .unwrap();
@@ -91,9 +101,23 @@ fn decisions_and_bytes_match_postgresql() {
         label::add_incremental_lines(&without, plan.from_lsn, plan.from_tli).unwrap(),
         incr_label_text
     );
+    Setup {
+        g: Geometry::default(),
+        data,
+        incr,
+        version_dir,
+        prior,
+        start_lsn: incr_label.start_lsn,
+        from_lsn: plan.from_lsn,
+        required: plan.required,
+        dir,
+        v,
+    }
+}
 
-    // Summaries.
-    let csv = fs::read_to_string(dir.join(format!("rows{v}.csv"))).unwrap();
+/// The summaries of `rows<v>.csv`, chosen and merged as the backup would.
+fn table(s: &Setup) -> BlockRefTable {
+    let csv = fs::read_to_string(s.dir.join(format!("rows{}.csv", s.v))).unwrap();
     let mut rows: Vec<(SummaryFile, SummaryRow)> = Vec::new();
     for line in csv.lines() {
         let f: Vec<&str> = line.split(',').collect();
@@ -119,13 +143,7 @@ fn decisions_and_bytes_match_postgresql() {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let chosen = choose_summaries(
-        &available,
-        &plan.required,
-        plan.from_lsn,
-        incr_label.start_lsn,
-    )
-    .unwrap();
+    let chosen = choose_summaries(&available, &s.required, s.from_lsn, s.start_lsn).unwrap();
     let mut table = BlockRefTable::new();
     for ws in &chosen {
         table.absorb(rows.iter().filter(|r| r.0 == *ws).map(|r| r.1));
@@ -134,109 +152,139 @@ fn decisions_and_bytes_match_postgresql() {
         "summaries chosen: {chosen:?}; forks in table: {}",
         table.len()
     );
+    table
+}
 
-    // The backup's manifest entries, path -> (size, checksum).
-    let incr_manifest = fs::read_to_string(incr.join("backup_manifest")).unwrap();
-    let entry = |path: &str| -> Option<(u64, String)> {
-        let needle = format!("{{ \"Path\": \"{path}\", \"Size\": ");
-        let line = incr_manifest.lines().find(|l| l.starts_with(&needle))?;
-        let size = line[needle.len()..].split(',').next()?.parse().ok()?;
-        let ck = line
-            .split("\"Checksum\": \"")
-            .nth(1)?
-            .split('"')
-            .next()?
-            .to_string();
-        Some((size, ck))
-    };
+/// The backup's manifest entry of `path`: (size, checksum).
+fn manifest_entry(manifest: &str, path: &str) -> Option<(u64, String)> {
+    let needle = format!("{{ \"Path\": \"{path}\", \"Size\": ");
+    let line = manifest.lines().find(|l| l.starts_with(&needle))?;
+    let size = line[needle.len()..].split(',').next()?.parse().ok()?;
+    let ck = line
+        .split("\"Checksum\": \"")
+        .nth(1)?
+        .split("\"")
+        .next()?
+        .to_string();
+    Some((size, ck))
+}
 
+/// Tallies of the comparison.
+#[derive(Default)]
+struct Tally {
+    incremental: usize,
+    whole: usize,
+    identical: usize,
+    header_only: usize,
+    mismatches: Vec<String>,
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL data directory and its own backups, see the module doc"]
+fn decisions_and_bytes_match_postgresql() {
+    let s = setup();
+    let table = table(&s);
+    let manifest = fs::read_to_string(s.incr.join("backup_manifest")).unwrap();
     let mut files = Vec::new();
-    walk(&data, "", &mut files);
-    let (mut n_inc, mut n_whole, mut identical, mut header_only) = (0, 0, 0, 0);
-    let mut mismatches = Vec::new();
+    walk(&s.data, "", &mut files);
+    let mut t = Tally::default();
     for (path, size) in &files {
-        let Some(rf) = classify(path, &version_dir) else {
-            continue;
-        };
-        // Where the backup keeps this file: tablespaces are in their own directory.
-        let backup_dir = |p: &str| -> PathBuf {
-            match p.strip_prefix(&format!("pg_tblspc/{}/", rf.spc)) {
-                Some(rest) if rf.spc != 1663 && rf.spc != 1664 => {
-                    dir.join(format!("incr{v}_ts1")).join(rest)
-                }
-                _ => incr.join(p),
-            }
-        };
-        let mpath = rf.path(&version_dir);
-        let ipath = rf.incremental_path(&version_dir);
-        let method = file_backup_method(
-            &table,
-            &prior,
-            Rules::Postgres,
-            g,
-            &rf,
-            &mpath,
-            &ipath,
-            *size,
-        );
-        let pg_inc = backup_dir(&ipath);
-        let pg_whole = backup_dir(&mpath);
-        match method {
-            Method::Whole => {
-                n_whole += 1;
-                if !pg_whole.exists() || pg_inc.exists() {
-                    mismatches.push(format!("{mpath}: we send it whole, PostgreSQL did not"));
-                }
-            }
-            Method::Incremental {
-                blocks,
-                truncation_block_length,
-            } => {
-                n_inc += 1;
-                let Ok(theirs) = fs::read(&pg_inc) else {
-                    mismatches.push(format!(
-                        "{mpath}: we send it incrementally, PostgreSQL whole"
-                    ));
-                    continue;
-                };
-                let h = Header::new(truncation_block_length, blocks, g).unwrap();
-                let live = fs::read(data.join(path)).unwrap();
-                let ours = assemble(&h, g, |i| {
-                    let off = h.blocks[i] as usize * g.blcksz as usize;
-                    live.get(off..off + g.blcksz as usize)
-                });
-                let hs = h.encode(g).len();
-                if theirs.len() != ours.len() || theirs[..hs] != ours[..hs] {
-                    mismatches.push(format!(
-                        "{mpath}: header differs: ours {:?} theirs {:?}",
-                        h,
-                        Header::decode(&theirs, g).ok()
-                    ));
-                    continue;
-                }
-                if theirs == ours {
-                    identical += 1;
-                } else {
-                    header_only += 1;
-                    println!("{mpath}: same header, block contents changed since the backup");
-                }
-                // The manifest entry we would write: size and CRC-32C of our bytes.
-                let (msize, mck) = entry(&ipath).expect("PostgreSQL's manifest lists it");
-                assert_eq!(msize, ours.len() as u64, "{ipath}");
-                if theirs == ours {
-                    assert_eq!(
-                        mck,
-                        hex::encode(crc32c::crc32c(&ours).to_le_bytes()),
-                        "{ipath}"
-                    );
-                }
-            }
+        if let Some(rf) = classify(path, &s.version_dir) {
+            compare(&s, &table, &manifest, &rf, path, *size, &mut t);
         }
-        let _ = (Fork::Main, RelFile::of_block);
     }
     println!(
-        "relation files: {} incremental ({identical} byte-identical, {header_only} same header only), {} whole",
-        n_inc, n_whole
+        "relation files: {} incremental ({} byte-identical, {} same header only), {} whole",
+        t.incremental, t.identical, t.header_only, t.whole
     );
-    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    assert!(t.mismatches.is_empty(), "{:#?}", t.mismatches);
+}
+
+/// One relation file: our decision and bytes against the server's.
+fn compare(
+    s: &Setup,
+    table: &BlockRefTable,
+    manifest: &str,
+    rf: &RelFile,
+    path: &str,
+    size: u64,
+    t: &mut Tally,
+) {
+    let g = s.g;
+    // Where the backup keeps this file: tablespaces are in their own directory.
+    let backup_dir = |p: &str| -> PathBuf {
+        match p.strip_prefix(&format!("pg_tblspc/{}/", rf.spc)) {
+            Some(rest) if rf.spc != 1663 && rf.spc != 1664 => {
+                s.dir.join(format!("incr{}_ts1", s.v)).join(rest)
+            }
+            _ => s.incr.join(p),
+        }
+    };
+    let mpath = rf.path(&s.version_dir);
+    let ipath = rf.incremental_path(&s.version_dir);
+    let method = file_backup_method(
+        table,
+        &s.prior,
+        Rules::Postgres,
+        g,
+        rf,
+        &mpath,
+        &ipath,
+        size,
+    );
+    let (pg_inc, pg_whole) = (backup_dir(&ipath), backup_dir(&mpath));
+    let Method::Incremental {
+        blocks,
+        truncation_block_length,
+    } = method
+    else {
+        t.whole += 1;
+        if !pg_whole.exists() || pg_inc.exists() {
+            t.mismatches
+                .push(format!("{mpath}: we send it whole, PostgreSQL did not"));
+        }
+        return;
+    };
+    t.incremental += 1;
+    let Ok(theirs) = fs::read(&pg_inc) else {
+        t.mismatches.push(format!(
+            "{mpath}: we send it incrementally, PostgreSQL whole"
+        ));
+        return;
+    };
+    let h = Header::new(truncation_block_length, blocks, g).unwrap();
+    let live = fs::read(s.data.join(path)).unwrap();
+    let ours = assemble(&h, g, |i| {
+        let off = h.blocks[i] as usize * g.blcksz as usize;
+        live.get(off..off + g.blcksz as usize)
+    });
+    let hs = h.encode(g).len();
+    if theirs.len() != ours.len() || theirs[..hs] != ours[..hs] {
+        let decoded = Header::decode(&theirs, g).ok();
+        t.mismatches.push(format!(
+            "{mpath}: header differs: ours {h:?} theirs {decoded:?}"
+        ));
+        return;
+    }
+    if theirs == ours {
+        t.identical += 1;
+    } else {
+        t.header_only += 1;
+        println!("{mpath}: same header, block contents changed since the backup");
+    }
+    check_manifest_entry(manifest, &ipath, &ours, theirs == ours);
+}
+
+/// The manifest entry we would write: size and CRC-32C of our bytes.
+fn check_manifest_entry(manifest: &str, ipath: &str, ours: &[u8], identical: bool) {
+    let (msize, mck) = manifest_entry(manifest, ipath).expect("PostgreSQL's manifest lists it");
+    assert_eq!(msize, ours.len() as u64, "{ipath}");
+    if identical {
+        assert_eq!(
+            mck,
+            hex::encode(crc32c::crc32c(ours).to_le_bytes()),
+            "{ipath}"
+        );
+    }
+    let _ = (Fork::Main, RelFile::of_block);
 }

@@ -174,7 +174,7 @@ pub fn verify_manifest_checksum(bytes: &[u8]) -> Result<()> {
         .context("last line of the backup manifest is not UTF-8")?;
     let want = last_line
         .split_once("\"Manifest-Checksum\"")
-        .and_then(|(_, rest)| rest.split('"').nth(1))
+        .and_then(|(_, rest)| rest.split("\"").nth(1))
         .context("backup manifest has no Manifest-Checksum")?;
     let got = hex::encode(Sha256::digest(&bytes[..penultimate + 1]));
     ensure!(
@@ -237,7 +237,26 @@ pub fn plan_summaries(
     // readTimeLineHistory() lists the newest timeline first.
     let mut tles: Vec<TimelineEntry> = history.to_vec();
     tles.sort_by(|a, b| b.begin.cmp(&a.begin).then(b.tli.cmp(&a.tli)));
+    let located = locate_ranges(prior, &tles)?;
+    check_ranges(prior, &located, start_lsn)?;
+    let required = required_ranges(&tles, &located, start_tli, start_lsn);
+    Ok(SummaryPlan {
+        from_lsn: located.earliest_start,
+        from_tli: located.earliest_tli,
+        required,
+    })
+}
 
+/// The history entry of each of the prior's WAL ranges, and which ranges are
+/// the earliest and the latest (the first loop of `PrepareForIncrementalBackup`).
+struct Located {
+    tlep: Vec<TimelineEntry>,
+    earliest_tli: u32,
+    earliest_start: u64,
+    latest_tli: u32,
+}
+
+fn locate_ranges(prior: &PriorManifest, tles: &[TimelineEntry]) -> Result<Located> {
     let mut tlep: Vec<TimelineEntry> = Vec::with_capacity(prior.wal_ranges.len());
     let mut earliest_tli = 0u32;
     let mut earliest_start = 0u64;
@@ -246,7 +265,7 @@ pub fn plan_summaries(
         let mut saw_earliest = false;
         let mut saw_latest = false;
         let mut found = None;
-        for tle in &tles {
+        for tle in tles {
             if tle.tli == range.tli {
                 found = Some(*tle);
                 break;
@@ -274,7 +293,25 @@ pub fn plan_summaries(
         }
     }
 
-    for (range, tle) in prior.wal_ranges.iter().zip(&tlep) {
+    Ok(Located {
+        tlep,
+        earliest_tli,
+        earliest_start,
+        latest_tli,
+    })
+}
+
+/// Every range must line up with the server's timeline switches, and the
+/// prior must not need WAL past this backup's start.
+fn check_ranges(prior: &PriorManifest, located: &Located, start_lsn: u64) -> Result<()> {
+    let Located {
+        tlep,
+        earliest_tli,
+        latest_tli,
+        ..
+    } = located;
+    let (earliest_tli, latest_tli) = (*earliest_tli, *latest_tli);
+    for (range, tle) in prior.wal_ranges.iter().zip(tlep) {
         if range.tli == earliest_tli {
             ensure!(
                 range.start_lsn >= tle.begin,
@@ -318,9 +355,21 @@ pub fn plan_summaries(
         }
     }
 
+    Ok(())
+}
+
+/// Per timeline, from this backup's start timeline back to the earliest
+/// range's: the stretch of WAL the summaries must cover, newest first.
+fn required_ranges(
+    tles: &[TimelineEntry],
+    located: &Located,
+    start_tli: u32,
+    start_lsn: u64,
+) -> Vec<RequiredRange> {
+    let (earliest_tli, earliest_start) = (located.earliest_tli, located.earliest_start);
     let mut required = Vec::new();
     let mut found_start_tli = false;
-    for tle in &tles {
+    for tle in tles {
         let mut tli_start = tle.begin;
         let mut tli_end = tle.end.unwrap_or(0);
         if tle.tli == start_tli {
@@ -342,11 +391,7 @@ pub fn plan_summaries(
         }
     }
 
-    Ok(SummaryPlan {
-        from_lsn: earliest_start,
-        from_tli: earliest_tli,
-        required,
-    })
+    required
 }
 
 #[cfg(test)]

@@ -686,7 +686,7 @@ fn finish(
         wal_segments: stopped.wal.segments,
         manifest_written: copied.manifest_alg.is_some(),
         page_failures: copied.integrity.page_failures(),
-        full_bytes: run.prior.as_ref().map(|_| plan.full_bytes()),
+        full_bytes: run.prior.as_ref().map(|_| incremental::full_bytes(plan)),
     })
 }
 

@@ -310,15 +310,29 @@ fn make_incremental(
         chunk_size,
     );
     plan.tasks.extend(assembled_tasks(assembled, chunk_size));
-    let full: u64 = plan.full_bytes();
+    let full = full_bytes(plan);
     info!(
         "incremental: {} of {} files as INCREMENTAL. files, {} MB to fetch of {} MB",
         plan.assembled.len(),
         plan.files.len(),
-        plan.fetch_bytes() >> 20,
+        fetch_bytes(plan) >> 20,
         full >> 20
     );
     Ok(())
+}
+
+/// What an incremental copy stands for: an `INCREMENTAL.` file counts with
+/// the size of its relation file.
+pub fn full_bytes(plan: &Plan) -> u64 {
+    let of = |(i, f): (usize, &FileEntry)| plan.assembled.get(&i).map_or(f.size, |a| a.source_size);
+    plan.files.iter().enumerate().map(of).sum()
+}
+
+/// What the copy reads from the server (not the headers of the
+/// `INCREMENTAL.` files, which it writes itself).
+fn fetch_bytes(plan: &Plan) -> u64 {
+    let headers: u64 = plan.assembled.values().map(|a| a.header.len() as u64).sum();
+    plan.total_bytes() - headers
 }
 
 /// The read requests of the `INCREMENTAL.` files: each file's header (not

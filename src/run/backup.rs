@@ -659,11 +659,19 @@ fn finish(
     }
     out.pack_wal()?;
     let now = unix_now();
-    let tablespace_map = tablespaces::mapped_tablespace_map(
-        &stopped.stop.tablespace_map,
-        &run.targets,
-        info.version_num,
-    );
+    // A plain incremental backup has no tablespace_map, as PostgreSQL's own
+    // (pg_basebackup.c asks for one only with -F t): pg_combinebackup
+    // copies the final backup's, and the restored server would follow it
+    // to that backup's tablespace directories instead of its -T targets.
+    let tablespace_map = if run.prior.is_some() && settings.tar.is_none() {
+        String::new()
+    } else {
+        tablespaces::mapped_tablespace_map(
+            &stopped.stop.tablespace_map,
+            &run.targets,
+            info.version_num,
+        )
+    };
     if !tablespace_map.is_empty() {
         out.put_file("tablespace_map", tablespace_map.as_bytes(), now)?;
     }

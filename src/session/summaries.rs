@@ -5,6 +5,8 @@
 use anyhow::{Context, Result};
 use log::debug;
 use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 
 use crate::incremental::parse_lsn;
 use crate::incremental::summary::{SummaryFile, SummaryRow};
@@ -91,19 +93,28 @@ pub fn available(client: &mut Client, from: u64, to: u64) -> Result<Vec<SummaryF
         .collect()
 }
 
-/// Every row of one summary.
+/// Every row of one summary, streamed: a row of the result is bigger than
+/// the 24 bytes kept of it, and a summary can list millions of blocks.
 pub fn contents(client: &mut Client, summary: &SummaryFile) -> Result<Vec<SummaryRow>> {
     let tli = i64::from(summary.tli);
     let start = crate::incremental::format_lsn(summary.start_lsn);
     let end = crate::incremental::format_lsn(summary.end_lsn);
     debug!("SQL: {} ({tli}, {start}, {end})", sql::SUMMARY_CONTENTS);
-    let rows = client
-        .query(sql::SUMMARY_CONTENTS, &[&tli, &start, &end])
+    let params: [&(dyn ToSql + Sync); 3] = [&tli, &start, &end];
+    let mut rows = client
+        .query_raw(sql::SUMMARY_CONTENTS, params)
         .map_err(|e| failed(e, sql::SUMMARY_CONTENTS))?;
-    rows.iter()
-        .map(|row| {
-            let oid = |i: usize| row.get::<_, i64>(i) as u32;
-            SummaryRow::from_sql(oid(0), oid(1), oid(2), row.get(3), row.get(4), row.get(5))
-        })
-        .collect()
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| failed(e, sql::SUMMARY_CONTENTS))? {
+        let oid = |i: usize| row.get::<_, i64>(i) as u32;
+        out.push(SummaryRow::from_sql(
+            oid(0),
+            oid(1),
+            oid(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        )?);
+    }
+    Ok(out)
 }

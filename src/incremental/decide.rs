@@ -30,6 +30,15 @@
 //! wal_log_hints the last remaining VM page is changed without WAL, yet the summary only
 //! records the VM limit): a VM fork with a limit block is then always sent whole. The cost
 //! is one segment per truncated fork.
+//!
+//! It also sends every visibility-map fork whole. A heap UPDATE or DELETE clears its page's
+//! all-visible bit with no WAL record that names the map block, so the summaries can miss
+//! the change and `pg_combinebackup` restores the prior backup's map page: a restored
+//! cluster whose index-only scans return dead rows. Our tests saw it with PostgreSQL's own
+//! incremental backups too, on 17.10 (every time) and on 18.4/18.6 under pgbench load
+//! (`tests/it/incremental.rs` compares an index-only count with a heap count; see
+//! `scripts/incremental-experiment/vm-stale.sh`). A map is 1/32672 of its heap's size, so
+//! sending it whole costs next to nothing, and it is right for the reason a full backup is.
 
 use super::Fork;
 use super::Geometry;
@@ -44,7 +53,8 @@ pub enum Rules {
     /// Exactly `GetFileBackupMethod()` of PostgreSQL 18.
     #[cfg(test)]
     Postgres,
-    /// PostgreSQL's rules plus: the segment holding the limit block is sent whole.
+    /// PostgreSQL's rules plus: the segment holding the limit block is sent whole, and so
+    /// is every visibility-map fork.
     #[default]
     Safe,
 }
@@ -87,6 +97,10 @@ pub fn file_backup_method(
     }
     // "The free-space map fork is not properly WAL-logged".
     if file.fork == Fork::Fsm {
+        return Method::Whole;
+    }
+    // Ours: the visibility map's cleared bits are not reliably summarized (module doc).
+    if rules == Rules::Safe && file.fork == Fork::Vm {
         return Method::Whole;
     }
     // "If this file was not part of the prior backup, back it up fully."
@@ -393,6 +407,24 @@ mod tests {
                 truncation_block_length: 131072
             }
         );
+    }
+
+    #[test]
+    fn safe_rules_send_every_visibility_map_whole() {
+        let p = prior(&[("base/5/16455_vm", 4 * B), ("base/5/16455", 4 * B)]);
+        let t = BlockRefTable::new();
+        assert_eq!(
+            decide(&t, &p, Rules::Safe, "base/5/16455_vm", 4 * B),
+            Method::Whole
+        );
+        assert!(matches!(
+            decide(&t, &p, Rules::Postgres, "base/5/16455_vm", 4 * B),
+            Method::Incremental { .. }
+        ));
+        assert!(matches!(
+            decide(&t, &p, Rules::Safe, "base/5/16455", 4 * B),
+            Method::Incremental { .. }
+        ));
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub fn check_server(
     if info.version_num < MINIMUM_VERSION_FOR_INCREMENTAL {
         bail_with!(
             Exit::Server,
-            "--incremental: the server is version {}, incremental backups need PostgreSQL 17 or later",
-            info.version_num
+            "--incremental: the server is PostgreSQL {}, incremental backups need PostgreSQL 17 or later",
+            info.major()
         );
     }
     let s = summaries::settings(client)?;

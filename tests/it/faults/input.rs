@@ -263,6 +263,12 @@ fn http_server() -> u16 {
             let _ = stream.write_all(
                 b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n",
             );
+            // Linger as a web server does: closing with the client's bytes
+            // unread would send a reset, which can reach the client before
+            // the answer ("Connection reset by peer" instead of the answer).
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     port

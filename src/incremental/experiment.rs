@@ -21,7 +21,8 @@ use super::label;
 use super::prior::{PriorManifest, TimelineEntry, plan_summaries};
 use super::relpath::{RelFile, classify};
 use super::summary::{BlockRefTable, SummaryFile, SummaryRow, choose_summaries};
-use super::{Fork, Geometry, parse_lsn};
+use super::{Fork, Geometry};
+use crate::pg::parse_lsn;
 
 fn walk(root: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
     let Ok(rd) = fs::read_dir(root.join(rel)) else {

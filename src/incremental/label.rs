@@ -19,8 +19,9 @@
 //! `START TIMELINE`. [`check_chain`] makes the same checks.
 
 use anyhow::{Context, Result, bail, ensure};
+use postgres::types::PgLsn;
 
-use super::{format_lsn, parse_lsn};
+use crate::pg::parse_lsn;
 
 /// Inserts the two lines after the `START TIMELINE:` line (where the server puts them), or at
 /// the end if there is none. A label that has them already is returned unchanged if they
@@ -28,7 +29,7 @@ use super::{format_lsn, parse_lsn};
 pub fn add_incremental_lines(label: &str, from_lsn: u64, from_tli: u32) -> Result<String> {
     let lines = format!(
         "INCREMENTAL FROM LSN: {}\nINCREMENTAL FROM TLI: {from_tli}\n",
-        format_lsn(from_lsn)
+        PgLsn::from(from_lsn)
     );
     let parsed = parse(label)?;
     if let Some(existing) = parsed.incremental_from {
@@ -150,8 +151,8 @@ pub fn check_chain(labels: &[Label]) -> Result<()> {
             prev.start_lsn == from_lsn,
             "backup {} starts at LSN {}, but expected {}",
             i,
-            format_lsn(prev.start_lsn),
-            format_lsn(from_lsn)
+            PgLsn::from(prev.start_lsn),
+            PgLsn::from(from_lsn)
         );
     }
     Ok(())

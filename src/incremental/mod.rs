@@ -117,37 +117,9 @@ impl Fork {
     }
 }
 
-/// An LSN as `%X/%X` (PostgreSQL 17 and 18 print backup_label and manifest LSNs unpadded;
-/// 19 pads the low half to 8 digits, which every parser here accepts too).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// Parses `%X/%X` (either padding).
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-        return None;
-    }
-    let hi = u32::from_str_radix(hi, 16).ok()?;
-    let lo = u32::from_str_radix(lo, 16).ok()?;
-    Some((u64::from(hi) << 32) | u64::from(lo))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsn_round_trip_both_paddings() {
-        assert_eq!(parse_lsn("0/A000028"), Some(0xA000028));
-        assert_eq!(parse_lsn("0/0A000028"), Some(0xA000028));
-        assert_eq!(parse_lsn("1F/28"), Some((0x1F << 32) | 0x28));
-        assert_eq!(format_lsn(0xA000028), "0/A000028");
-        assert_eq!(parse_lsn("0/"), None);
-        assert_eq!(parse_lsn("x/1"), None);
-        assert_eq!(parse_lsn("0/123456789"), None);
-    }
 
     #[test]
     fn block_to_segment() {

@@ -18,12 +18,13 @@
 //! timeline switches, the prior backup must not need WAL past this backup's start; it yields
 //! `INCREMENTAL FROM LSN/TLI` and, per timeline, the LSN range the WAL summaries must cover.
 
+use postgres::types::PgLsn;
+
+use crate::pg::parse_lsn;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use sha2::{Digest, Sha256};
-
-use super::{format_lsn, parse_lsn};
 
 /// One entry of the manifest's `WAL-Ranges`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,8 +319,8 @@ fn check_ranges(prior: &PriorManifest, located: &Located, start_lsn: u64) -> Res
                 "manifest requires WAL from initial timeline {} starting at {}, but that \
                  timeline begins at {}",
                 range.tli,
-                format_lsn(range.start_lsn),
-                format_lsn(tle.begin)
+                PgLsn::from(range.start_lsn),
+                PgLsn::from(tle.begin)
             );
         } else {
             ensure!(
@@ -327,8 +328,8 @@ fn check_ranges(prior: &PriorManifest, located: &Located, start_lsn: u64) -> Res
                 "manifest requires WAL from continuation timeline {} starting at {}, but that \
                  timeline begins at {}",
                 range.tli,
-                format_lsn(range.start_lsn),
-                format_lsn(tle.begin)
+                PgLsn::from(range.start_lsn),
+                PgLsn::from(tle.begin)
             );
         }
         if range.tli == latest_tli {
@@ -338,8 +339,8 @@ fn check_ranges(prior: &PriorManifest, located: &Located, start_lsn: u64) -> Res
                  starts at {} (this can happen for incremental backups on a standby if there \
                  was little activity since the previous backup)",
                 range.tli,
-                format_lsn(range.end_lsn),
-                format_lsn(start_lsn)
+                PgLsn::from(range.end_lsn),
+                PgLsn::from(start_lsn)
             );
         } else {
             // The server compares with the history entry's end (InvalidXLogRecPtr, 0, for
@@ -349,8 +350,8 @@ fn check_ranges(prior: &PriorManifest, located: &Located, start_lsn: u64) -> Res
                 "manifest requires WAL from non-final timeline {} ending at {}, but this server \
                  switched timelines at {}",
                 range.tli,
-                format_lsn(range.end_lsn),
-                format_lsn(tle.end.unwrap_or(0))
+                PgLsn::from(range.end_lsn),
+                PgLsn::from(tle.end.unwrap_or(0))
             );
         }
     }

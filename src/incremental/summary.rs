@@ -18,12 +18,13 @@
 //! row with `is_limit_block = true` when the limit block is valid, then one row per modified
 //! block.
 
+use postgres::types::PgLsn;
 use std::collections::HashMap;
 
 use anyhow::{Result, bail, ensure};
 
 use super::prior::RequiredRange;
-use super::{Fork, INVALID_BLOCK_NUMBER, format_lsn};
+use super::{Fork, INVALID_BLOCK_NUMBER};
 
 /// One WAL summary file: `pg_wal/summaries/TTTTTTTTSSSSSSSSSSSSSSSSEEEEEEEEEEEEEEEE.summary`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,17 +103,17 @@ pub fn choose_summaries(
                 "WAL summaries are required on timeline {} from {} to {}, but no summaries for \
                  that timeline and LSN range exist",
                 r.tli,
-                format_lsn(r.start_lsn),
-                format_lsn(r.end_lsn)
+                PgLsn::from(r.start_lsn),
+                PgLsn::from(r.end_lsn)
             ),
             Err(Some(missing)) => bail!(
                 "WAL summaries are required on timeline {} from {} to {}, but the summaries for \
                  that timeline and LSN range are incomplete (the first unsummarized LSN in this \
                  range is {})",
                 r.tli,
-                format_lsn(r.start_lsn),
-                format_lsn(r.end_lsn),
-                format_lsn(missing)
+                PgLsn::from(r.start_lsn),
+                PgLsn::from(r.end_lsn),
+                PgLsn::from(missing)
             ),
         }
         let mut list = list;

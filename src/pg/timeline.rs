@@ -8,9 +8,8 @@
 //! `<parent TLI>\t<switch LSN>\t<reason>`, oldest first.
 
 use anyhow::{Context, Result};
-use postgres::types::PgLsn;
 
-use crate::pg::Lsn;
+use crate::pg::{Lsn, parse_lsn};
 
 /// One timeline's stretch of WAL the backup needs, as in the manifest's `WAL-Ranges`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,17 +62,15 @@ impl History {
                 .and_then(|f| f.parse().ok())
                 .with_context(bad)?;
             let switch = fields.next().with_context(bad)?;
-            let switch: PgLsn = switch
-                .parse()
-                .ok()
+            let switch = parse_lsn(switch)
                 .with_context(|| format!("invalid LSN {switch:?}"))
                 .with_context(bad)?;
             spans.push(Span {
                 timeline: parent,
                 begin,
-                end: Some(switch.into()),
+                end: Some(switch),
             });
-            begin = switch.into();
+            begin = switch;
         }
         spans.push(Span {
             timeline,

@@ -4,6 +4,7 @@
 //! (`CreateIncrementalBackupInfo`, `PrepareForIncrementalBackup`,
 //! `GetFileBackupMethod`); INCREMENTAL-DESIGN.md has the facts.
 
+use postgres::types::PgLsn;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::incremental::file::{Assembled, Header};
 use crate::incremental::prior::{PriorManifest, SummaryPlan, TimelineEntry, plan_summaries};
 use crate::incremental::relpath::classify;
 use crate::incremental::summary::{BlockRefTable, choose_summaries, reaches_switch_point};
-use crate::incremental::{Geometry, INCREMENTAL_PREFIX, format_lsn};
+use crate::incremental::{Geometry, INCREMENTAL_PREFIX};
 use crate::pg::timeline::History;
 use crate::pg::version::MINIMUM_VERSION_FOR_INCREMENTAL;
 use crate::pg::{BLCKSZ, Lsn};
@@ -176,7 +177,7 @@ fn wait_for_summarizer(
         if state.summarized_lsn >= start_lsn {
             info!(
                 "WAL summarized through {} in {:.1} s",
-                format_lsn(state.summarized_lsn),
+                PgLsn::from(state.summarized_lsn),
                 began.elapsed().as_secs_f64()
             );
             return Ok(());
@@ -196,8 +197,8 @@ fn wait_for_summarizer(
                 Exit::Server,
                 "--incremental: the WAL summarizer has summarized the WAL up to {} but this backup starts at {}; \
                  gave up after {} s ({}; --incremental-wait)",
-                format_lsn(state.summarized_lsn),
-                format_lsn(start_lsn),
+                PgLsn::from(state.summarized_lsn),
+                PgLsn::from(start_lsn),
                 began.elapsed().as_secs(),
                 if stalled {
                     "WAL summarization is not progressing"
@@ -229,8 +230,8 @@ fn read_summaries(
         let rows = summaries::contents(client, summary)?;
         log::debug!(
             "WAL summary {}..{} on timeline {}: {} rows",
-            format_lsn(summary.start_lsn),
-            format_lsn(summary.end_lsn),
+            PgLsn::from(summary.start_lsn),
+            PgLsn::from(summary.end_lsn),
             summary.tli,
             rows.len()
         );

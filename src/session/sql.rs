@@ -260,20 +260,20 @@ pub const READ_TIMELINE_HISTORY: &str = "SELECT pg_read_binary_file($1, true)";
 /// Where the WAL summarizer is (`pg_get_wal_summarizer_state()`): polled
 /// until `summarized_lsn` reaches the backup's start, as
 /// `WaitForWalSummarization()` (walsummarizer.c) does on the server.
-pub const SUMMARIZER_STATE: &str = "SELECT summarized_tli::int8, summarized_lsn::text, \
-     pending_lsn::text, summarizer_pid IS NOT NULL, current_setting('summarize_wal') \
+pub const SUMMARIZER_STATE: &str = "SELECT summarized_tli::int8, summarized_lsn, \
+     pending_lsn, summarizer_pid IS NOT NULL, current_setting('summarize_wal') \
      FROM pg_get_wal_summarizer_state()";
 
 /// Summaries that may overlap `[$1, $2)` (the server's
 /// `GetWalSummaries(0, start, end)` filter, walsummary.c).
-pub const AVAILABLE_SUMMARIES: &str = "SELECT tli::int8, start_lsn::text, end_lsn::text \
+pub const AVAILABLE_SUMMARIES: &str = "SELECT tli::int8, start_lsn, end_lsn \
      FROM pg_available_wal_summaries() \
-     WHERE end_lsn > $1::text::pg_lsn AND start_lsn < $2::text::pg_lsn";
+     WHERE end_lsn > $1 AND start_lsn < $2";
 
-/// The contents of one summary: `$1` tli, `$2` start, `$3` end (text LSNs).
+/// The contents of one summary: `$1` tli, `$2` start, `$3` end.
 pub const SUMMARY_CONTENTS: &str = "SELECT reltablespace::int8, reldatabase::int8, \
      relfilenode::int8, relforknumber::int2, relblocknumber::int8, is_limit_block \
-     FROM pg_wal_summary_contents($1::int8, $2::text::pg_lsn, $3::text::pg_lsn)";
+     FROM pg_wal_summary_contents($1::int8, $2, $3)";
 
 #[cfg(test)]
 mod tests {

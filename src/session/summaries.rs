@@ -2,13 +2,13 @@
 //! timeline history, the WAL summarizer's progress and the WAL summaries
 //! (src/backend/backup/walsummaryfuncs.c), all over plain SQL.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::debug;
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::PgLsn;
 use postgres::types::ToSql;
 
-use crate::incremental::parse_lsn;
 use crate::incremental::summary::{SummaryFile, SummaryRow};
 use crate::session::server::{failed, query_one};
 use crate::session::sql;
@@ -55,14 +55,11 @@ pub struct SummarizerState {
 
 pub fn summarizer_state(client: &mut Client) -> Result<SummarizerState> {
     let row = query_one(client, sql::SUMMARIZER_STATE, &[])?;
-    let lsn = |i: usize| -> Result<u64> {
-        let text: String = row.get(i);
-        parse_lsn(&text).with_context(|| format!("the server returned the LSN {text:?}"))
-    };
+    let lsn = |i: usize| u64::from(row.get::<_, PgLsn>(i));
     Ok(SummarizerState {
         summarized_tli: row.get::<_, i64>(0) as u32,
-        summarized_lsn: lsn(1)?,
-        pending_lsn: lsn(2)?,
+        summarized_lsn: lsn(1),
+        pending_lsn: lsn(2),
         running: row.get(3),
         enabled: row.get::<_, String>(4) == "on",
     })
@@ -70,35 +67,27 @@ pub fn summarizer_state(client: &mut Client) -> Result<SummarizerState> {
 
 /// The summaries that may overlap `[from, to)`.
 pub fn available(client: &mut Client, from: u64, to: u64) -> Result<Vec<SummaryFile>> {
-    let (from, to) = (
-        crate::incremental::format_lsn(from),
-        crate::incremental::format_lsn(to),
-    );
+    let (from, to) = (PgLsn::from(from), PgLsn::from(to));
     debug!("SQL: {}", sql::AVAILABLE_SUMMARIES);
     let rows = client
         .query(sql::AVAILABLE_SUMMARIES, &[&from, &to])
         .map_err(|e| failed(e, sql::AVAILABLE_SUMMARIES))?;
-    rows.iter()
-        .map(|row| {
-            let lsn = |i: usize| -> Result<u64> {
-                let text: String = row.get(i);
-                parse_lsn(&text).with_context(|| format!("the server returned the LSN {text:?}"))
-            };
-            Ok(SummaryFile {
-                tli: row.get::<_, i64>(0) as u32,
-                start_lsn: lsn(1)?,
-                end_lsn: lsn(2)?,
-            })
+    Ok(rows
+        .iter()
+        .map(|row| SummaryFile {
+            tli: row.get::<_, i64>(0) as u32,
+            start_lsn: row.get::<_, PgLsn>(1).into(),
+            end_lsn: row.get::<_, PgLsn>(2).into(),
         })
-        .collect()
+        .collect())
 }
 
 /// Every row of one summary, streamed: a row of the result is bigger than
 /// the 24 bytes kept of it, and a summary can list millions of blocks.
 pub fn contents(client: &mut Client, summary: &SummaryFile) -> Result<Vec<SummaryRow>> {
     let tli = i64::from(summary.tli);
-    let start = crate::incremental::format_lsn(summary.start_lsn);
-    let end = crate::incremental::format_lsn(summary.end_lsn);
+    let start = PgLsn::from(summary.start_lsn);
+    let end = PgLsn::from(summary.end_lsn);
     debug!("SQL: {} ({tli}, {start}, {end})", sql::SUMMARY_CONTENTS);
     let params: [&(dyn ToSql + Sync); 3] = [&tli, &start, &end];
     let mut rows = client

@@ -35,7 +35,7 @@ pub fn auxiliary_copy(
 ) -> Result<()> {
     let (control, info) = open_control(spec)?;
     let mut sessions = Sessions {
-        workers: open_readers(spec, reading, settings.jobs)?,
+        workers: open_readers(spec, reading, &vec![WORKER_NAME; settings.jobs])?,
         wal: None,
         control,
     };

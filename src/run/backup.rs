@@ -141,7 +141,12 @@ fn open_sessions(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
-    let workers = open_readers(spec, reading, settings.jobs)?;
+    let mut names = vec![WORKER_NAME; settings.jobs];
+    if settings.fetch_wal {
+        names.push(WAL_NAME);
+    }
+    let mut workers = open_readers(spec, reading, &names)?;
+    let wal = settings.fetch_wal.then(|| workers.pop()).flatten();
     info!(
         "wire compression: {}",
         if workers[0].compressed() {
@@ -150,11 +155,6 @@ fn open_sessions(
             "none"
         }
     );
-    let wal = if settings.fetch_wal {
-        Some(open_reader(spec, reading, WAL_NAME)?)
-    } else {
-        None
-    };
     let sessions = Sessions {
         workers,
         wal,

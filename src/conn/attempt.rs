@@ -116,7 +116,7 @@ impl ConnSpec {
         addr: &Addr,
         app: &str,
         want: SessionAttrs,
-        tls: &mut Lazy,
+        tls: &Lazy,
     ) -> Result<Client, Vec<String>> {
         let server = server_label(t, addr);
         log::debug!(
@@ -246,7 +246,7 @@ impl Attempt<'_> {
         &self,
         cfg: &mut postgres::Config,
         mode: SslMode,
-        tls: &mut Lazy,
+        tls: &Lazy,
     ) -> Result<Client, Vec<String>> {
         let timeout = self.spec.connect_timeout;
         match mode {

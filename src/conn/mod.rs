@@ -156,6 +156,8 @@ pub struct ConnSpec {
     load_balance: bool,
     channel_binding: ChannelBinding,
     tls: tls::TlsSettings,
+    /// The TLS connector of `tls`, shared by every session (see [`tls::Built`]).
+    tls_connector: tls::Built,
     /// Every setting given (DSN, service file, environment), for
     /// `conninfo_for_standby`.
     settings: BTreeMap<&'static str, Setting>,
@@ -226,7 +228,7 @@ impl ConnSpec {
             .as_deref()
             .or(self.fallback_application_name.as_deref());
         let app = app.unwrap_or(application_name).to_string();
-        let mut tls = tls::Lazy::new(&self.tls);
+        let tls = tls::Lazy::new(&self.tls, &self.tls_connector);
         let passes = match self.session_attrs {
             // libpq: first look for a standby, then take any server.
             SessionAttrs::PreferStandby => vec![SessionAttrs::Standby, SessionAttrs::Any],
@@ -247,7 +249,7 @@ impl ConnSpec {
                     }
                 };
                 for addr in addrs {
-                    match self.attempt(target, &addr, &app, want, &mut tls) {
+                    match self.attempt(target, &addr, &app, want, &tls) {
                         Ok(client) => return Ok(client),
                         Err(_) if crate::interrupt::signalled() => {
                             bail_with!(

@@ -102,6 +102,7 @@ pub(super) fn resolve(dsn: &str, ctx: &Context<'_>) -> Result<ConnSpec> {
         load_balance,
         channel_binding,
         tls,
+        tls_connector: Default::default(),
         settings,
     })
 }

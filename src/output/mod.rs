@@ -59,6 +59,13 @@ pub trait Sink: Sync {
     fn zero_fills_vanished_tail(&self) -> bool {
         false
     }
+
+    /// Whether tasks may be read out of plan order (a stream must be
+    /// written in order, and [`Sink::wait_turn`] holds a task back only
+    /// a bounded number of tasks ahead).
+    fn takes_tasks_in_any_order(&self) -> bool {
+        false
+    }
 }
 
 /// What the backup does with the copy, whatever its format.

@@ -47,6 +47,10 @@ impl Sink for Dest {
         }
         Ok(())
     }
+
+    fn takes_tasks_in_any_order(&self) -> bool {
+        true
+    }
 }
 
 impl Output for Dest {

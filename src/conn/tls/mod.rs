@@ -29,7 +29,7 @@ use openssl::ssl::SslVersion;
 
 use super::{Given, Secret, invalid_value, usage};
 
-pub(super) use connector::Lazy;
+pub(super) use connector::{Built, Lazy};
 
 /// libpq's sslmode: whether TLS is used, and what of the server's
 /// certificate is verified.

@@ -1,9 +1,10 @@
 //! The worker pool: N sessions pull read requests from one queue and write
 //! each range straight to its place in DEST.
 //!
-//! The queue is the plan's task list and an atomic cursor: no locks on the
-//! hot path, and tasks are taken in plan order (biggest files first), so the
-//! chunks of a file are handed out in file order. Each worker is one thread
+//! The queue ([`queue`]) hands out the plan's tasks in plan order (biggest
+//! files first), so the chunks of a file go out in file order, except that
+//! where DEST is written directly a worker passes over a file another worker
+//! is writing. Each worker is one thread
 //! with one session and its prepared read statement; bytes go from the
 //! protocol buffer to `pwrite` without another copy. Where they go is a
 //! [`Sink`]: DEST itself, or the tar output, which needs the tasks in order
@@ -12,7 +13,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use log::debug;
@@ -26,6 +27,10 @@ use crate::plan::{Piece, Plan, Task};
 use crate::progress::Progress;
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
+
+mod queue;
+
+use queue::Queue;
 
 /// What the copy did, for the summary and for the steps after it.
 #[derive(Debug, Default)]
@@ -41,7 +46,7 @@ pub struct CopyOutcome {
 /// What the worker threads share: the job and the queue's state.
 struct Shared<'a> {
     job: &'a Job<'a>,
-    next: AtomicUsize,
+    queue: Queue<'a>,
     bytes: AtomicU64,
     vanished: Mutex<BTreeSet<usize>>,
     first_error: Mutex<Option<anyhow::Error>>,
@@ -70,7 +75,11 @@ pub fn copy_files(
 ) -> Result<(CopyOutcome, Vec<Reader>)> {
     let shared = Shared {
         job,
-        next: AtomicUsize::new(0),
+        queue: Queue::new(
+            &job.plan.tasks,
+            job.plan.files.len(),
+            job.sink.takes_tasks_in_any_order(),
+        ),
         bytes: AtomicU64::new(0),
         vanished: Mutex::default(),
         first_error: Mutex::default(),
@@ -128,10 +137,10 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         if shared.abort.is_set() {
             break;
         }
-        let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(task) = shared.job.plan.tasks.get(i) else {
+        let Some(i) = shared.queue.take() else {
             break;
         };
+        let task = &shared.job.plan.tasks[i];
         shared.job.sink.wait_turn(i, shared.abort);
         if shared.abort.is_set() {
             break;
@@ -157,18 +166,18 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
             )?,
             None => Cow::Borrowed(task),
         };
-        if task.pieces.is_empty() {
-            continue;
+        if !task.pieces.is_empty() {
+            copy_task(
+                reader,
+                shared,
+                reconnect,
+                i,
+                &task,
+                &mut scratch,
+                &mut suspects,
+            )?;
         }
-        copy_task(
-            reader,
-            shared,
-            reconnect,
-            i,
-            &task,
-            &mut scratch,
-            &mut suspects,
-        )?;
+        shared.queue.done(i);
     }
     recheck(reader, shared, suspects)
 }

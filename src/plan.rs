@@ -492,51 +492,6 @@ pub fn chunk_where(
     tasks
 }
 
-/// Reorder `tasks` so that neighbours read different files where the plan
-/// allows, keeping each file's tasks in order. Workers take neighbouring
-/// tasks, and two workers writing one file wait on each other: a buffered
-/// write holds the file's inode lock, so the second writer spins and
-/// sleeps (perf: about a tenth of the client's CPU at -j 2 on pgbench data,
-/// where one file holds two thirds of the bytes). The file with the most
-/// tasks left goes next, unless it went last. For a plain copy only: a tar
-/// archive needs each file's pieces one after another.
-pub fn spread_files(tasks: Vec<Task>) -> Vec<Task> {
-    use std::collections::{BinaryHeap, VecDeque};
-    let mut queues: Vec<VecDeque<Task>> = Vec::new();
-    let mut queue_of: BTreeMap<usize, usize> = BTreeMap::new();
-    for task in tasks {
-        let file = task.pieces.first().map_or(usize::MAX, |p| p.file);
-        let q = *queue_of.entry(file).or_insert_with(|| {
-            queues.push(VecDeque::new());
-            queues.len() - 1
-        });
-        queues[q].push_back(task);
-    }
-    // (tasks left, earliest queue first) of every queue with tasks left.
-    let mut heap: BinaryHeap<(usize, std::cmp::Reverse<usize>)> = queues
-        .iter()
-        .enumerate()
-        .map(|(q, tasks)| (tasks.len(), std::cmp::Reverse(q)))
-        .collect();
-    let mut out = Vec::new();
-    let mut last = None;
-    while let Some(mut pick) = heap.pop() {
-        if Some(pick.1.0) == last
-            && let Some(other) = heap.pop()
-        {
-            heap.push(pick);
-            pick = other;
-        }
-        let q = pick.1.0;
-        out.extend(queues[q].pop_front());
-        if pick.0 > 1 {
-            heap.push((pick.0 - 1, pick.1));
-        }
-        last = Some(q);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,44 +793,6 @@ mod tests {
         let last = &tasks[3].pieces;
         assert_eq!(last.len(), 5);
         assert_eq!((last[4].file, last[4].len), (2, 100));
-    }
-
-    #[test]
-    fn spreading_keeps_each_files_order_and_separates_neighbours() {
-        let task = |file, offset| Task {
-            pieces: vec![Piece {
-                file,
-                offset,
-                len: 1,
-            }],
-        };
-        // File 0 has five tasks, file 1 two, file 2 one.
-        let tasks = vec![
-            task(0, 0),
-            task(0, 1),
-            task(0, 2),
-            task(0, 3),
-            task(0, 4),
-            task(1, 0),
-            task(1, 1),
-            task(2, 0),
-        ];
-        let spread = spread_files(tasks.clone());
-        let key = |t: &Task| (t.pieces[0].file, t.pieces[0].offset);
-        let mut sorted: Vec<_> = spread.iter().map(key).collect();
-        sorted.sort();
-        assert_eq!(sorted, tasks.iter().map(key).collect::<Vec<_>>());
-        for file in 0..3 {
-            let offsets: Vec<u64> = spread
-                .iter()
-                .filter(|t| t.pieces[0].file == file)
-                .map(|t| t.pieces[0].offset)
-                .collect();
-            assert!(offsets.is_sorted(), "{offsets:?}");
-        }
-        // Neighbours differ until only file 0 is left.
-        let files: Vec<usize> = spread.iter().map(|t| t.pieces[0].file).collect();
-        assert_eq!(files, vec![0, 1, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]

@@ -37,9 +37,10 @@ pub fn auxiliary_copy(
     let mut sessions = Sessions {
         workers: open_readers(spec, reading, &vec![WORKER_NAME; settings.jobs])?,
         wal: None,
+        opening: None,
         control,
     };
-    let queries = sessions.queries().client();
+    let queries = sessions.queries()?.client();
     server::check_privileges(queries, &info, false)?;
     let tablespaces = server::tablespaces(queries)?;
     let mut plan = plan_copy(queries, &info, &tablespaces, settings, Exit::Usage)?;
@@ -73,7 +74,7 @@ pub fn auxiliary_copy(
             .filter_map(|o| Path::new(OsStr::from_bytes(&o.path)).parent()),
     )?;
     let odd = odd_names::copy(
-        sessions.queries().client(),
+        sessions.queries()?.client(),
         &plan.odd,
         &dest,
         settings.chunk_size,

@@ -46,8 +46,8 @@ use crate::progress::{Progress, Summary};
 use crate::run::incremental::{self, Prior};
 use crate::run::tablespaces;
 use crate::run::{
-    Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, open_readers,
-    plan_copy, temporary_slot,
+    Opening, Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, plan_copy,
+    temporary_slot,
 };
 use crate::session::reader::ReadOptions;
 use crate::session::server::{self, BackupStop, ServerInfo, Tablespace};
@@ -72,7 +72,7 @@ pub fn backup(
         (Some(manifest), Some(inc)) => Some(incremental::check_server(
             manifest,
             inc,
-            sessions.queries().client(),
+            &mut sessions.control,
             &info,
         )?),
         _ => None,
@@ -141,23 +141,17 @@ fn open_sessions(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
-    let mut names = vec![WORKER_NAME; settings.jobs];
-    if settings.fetch_wal {
-        names.push(WAL_NAME);
-    }
-    let mut workers = open_readers(spec, reading, &names)?;
-    let wal = settings.fetch_wal.then(|| workers.pop()).flatten();
-    info!(
-        "wire compression: {}",
-        if workers[0].compressed() {
-            "zlib, on the server by a temporary PL/Python function"
-        } else {
-            "none"
-        }
-    );
+    // The reading sessions open while the control session checks and
+    // starts the backup: they are needed only for the listing.
     let sessions = Sessions {
-        workers,
-        wal,
+        workers: Vec::new(),
+        wal: None,
+        opening: Some(Opening::start(
+            spec,
+            reading,
+            settings.jobs,
+            settings.fetch_wal,
+        )),
         control,
     };
     Ok((sessions, info))
@@ -196,7 +190,9 @@ fn survey<'a>(
     sessions: &mut Sessions,
     refresh: bool,
 ) -> Result<Run<'a>> {
-    let queries = sessions.queries().client();
+    // Before the backup starts an ERROR on the control session costs
+    // nothing, and the reading sessions may still be opening.
+    let queries = &mut sessions.control;
     server::check_privileges(queries, info, true)?;
     let tablespaces = server::tablespaces(queries)?;
     // A tar keeps the links to the original locations: nothing is written
@@ -257,7 +253,7 @@ fn open_output(
         // A refresh keeps DEST as it is, also when it fails (it resumes).
         (None, Some(earlier)) => {
             let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
-            let delta = Delta::begin(earlier, &dest, info, sessions.queries().client())?;
+            let delta = Delta::begin(earlier, &dest, info, sessions.queries()?.client())?;
             (Box::new(dest), Some(delta))
         }
         (None, None) => (
@@ -361,7 +357,7 @@ fn start(
     // A spread checkpoint can take minutes: a signal cancels it (interrupt.rs).
     let start_lsn = server::start_backup(control, info, &settings.label, settings.fast_checkpoint)?;
     info!("backup started at {}", PgLsn::from(start_lsn));
-    let queries = sessions.queries().client();
+    let queries = sessions.queries()?.client();
     let timeline = server::current_timeline(queries)?;
     let mut plan = plan_copy(queries, info, &run.tablespaces, settings, Exit::Backup)?;
     let incremental_from = match &run.prior {
@@ -376,9 +372,6 @@ fn start(
         )?),
         None => None,
     };
-    if settings.tar.is_none() {
-        plan.tasks = plan::spread_files(plan.tasks);
-    }
     info!(
         "{} files, {} MB, in {} read requests",
         plan.files.len(),
@@ -450,7 +443,7 @@ fn copy<'f>(
     };
     let promotion_watch = started.promotion_watch.take();
     let (outcome, follower) = copy_watched(run, sessions, promotion_watch, follower, out, &job)?;
-    let queries = sessions.queries();
+    let queries = sessions.queries()?;
     let odd_files = odd_names::copy(
         queries.client(),
         &plan.odd,

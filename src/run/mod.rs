@@ -112,19 +112,66 @@ struct Sessions {
     workers: Vec<Reader>,
     /// The WAL follower's (-x).
     wal: Option<Reader>,
+    /// The workers' and the WAL follower's sessions while they are being
+    /// opened, in the background of the control session's first
+    /// statements; see [`Sessions::ready`].
+    opening: Option<Opening>,
     /// See [`open_control`]. Declared last, so closed last: closing it
     /// ends the backup on the server.
     control: Client,
 }
 
+/// Reading sessions being opened on a thread of their own: the workers',
+/// then the WAL follower's if `wal`.
+struct Opening {
+    thread: std::thread::JoinHandle<Result<Vec<Reader>>>,
+    wal: bool,
+}
+
+impl Opening {
+    /// Start opening `jobs` worker sessions, and the WAL follower's if
+    /// `wal`, side by side.
+    fn start(spec: &ConnSpec, reading: &Arc<ReadOptions>, jobs: usize, wal: bool) -> Opening {
+        let mut names = vec![WORKER_NAME; jobs];
+        if wal {
+            names.push(WAL_NAME);
+        }
+        let (spec, reading) = (spec.clone(), reading.clone());
+        let thread = std::thread::spawn(move || open_readers(&spec, &reading, &names));
+        Opening { thread, wal }
+    }
+}
+
 impl Sessions {
-    /// The session for the run's own questions outside the copy
-    /// (privileges, tablespaces, the listing, the files whose names are not
-    /// UTF-8, pg_control): the first worker's. It is idle then, so asking
-    /// costs no connection of its own, and an ERROR there, unlike on the
-    /// control session, cannot touch the backup.
-    fn queries(&mut self) -> &mut Reader {
-        &mut self.workers[0]
+    /// Wait until the reading sessions are open.
+    fn ready(&mut self) -> Result<()> {
+        if let Some(opening) = self.opening.take() {
+            let mut readers = opening
+                .thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            self.wal = if opening.wal { readers.pop() } else { None };
+            self.workers = readers;
+            info!(
+                "wire compression: {}",
+                if self.workers[0].compressed() {
+                    "zlib, on the server by a temporary PL/Python function"
+                } else {
+                    "none"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// The session for the run's own questions once the backup started
+    /// (the listing, the files whose names are not UTF-8, pg_control): the
+    /// first worker's. It is idle then, so asking costs no connection of
+    /// its own, and an ERROR there, unlike on the control session, cannot
+    /// touch the backup.
+    fn queries(&mut self) -> Result<&mut Reader> {
+        self.ready()?;
+        Ok(&mut self.workers[0])
     }
 }
 

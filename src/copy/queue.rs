@@ -9,9 +9,15 @@
 //! `rwsem_spin_on_owner`, and the big relation files that hold most of the
 //! bytes are exactly the ones several workers would share.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use crate::plan::Task;
+
+/// How far past the first free task a worker looks for an idle file: a
+/// 1 GB segment is 128 tasks at the default chunk size, 131,072 at the
+/// smallest (8 kB), which a scan on every take would not afford.
+const LOOK_AHEAD: usize = 1024;
 
 pub struct Queue<'a> {
     tasks: &'a [Task],
@@ -48,9 +54,8 @@ impl<'a> Queue<'a> {
         let state = &mut *s;
         let mut free = (state.first_free..self.tasks.len()).filter(|&i| !state.taken[i]);
         let first = free.next()?;
-        let idle = |i: usize| files_of(&self.tasks[i]).all(|f| state.writers[f] == 0);
-        let pick = if self.any_order && !idle(first) {
-            free.find(|&i| idle(i)).unwrap_or(first)
+        let pick = if self.any_order {
+            self.first_idle(state, first, free).unwrap_or(first)
         } else {
             first
         };
@@ -62,6 +67,28 @@ impl<'a> Queue<'a> {
             state.writers[f] += 1;
         }
         Some(pick)
+    }
+
+    /// The first task from `first` on whose files nobody writes and whose
+    /// files have no earlier task left: each file's tasks still go out in
+    /// file order, which the manifest checksums wait for
+    /// (`Integrity::wait_turn`). A small file packed with the end of a busy
+    /// one waits with it. Looks at most [`LOOK_AHEAD`] tasks ahead.
+    fn first_idle(
+        &self,
+        state: &State,
+        first: usize,
+        rest: impl Iterator<Item = usize>,
+    ) -> Option<usize> {
+        let mut passed: HashSet<usize> = HashSet::new();
+        for i in std::iter::once(first).chain(rest).take(LOOK_AHEAD) {
+            let files = || files_of(&self.tasks[i]);
+            if files().all(|f| state.writers[f] == 0 && !passed.contains(&f)) {
+                return Some(i);
+            }
+            passed.extend(files());
+        }
+        None
     }
 
     /// Task `index` is written: its files are free for other workers.
@@ -120,6 +147,30 @@ mod tests {
         q.done(1);
         assert_eq!(q.take(), Some(2));
         assert_eq!(q.take(), None);
+    }
+
+    #[test]
+    fn a_file_is_never_taken_ahead_of_its_earlier_tasks() {
+        // Task 1 holds the end of file 0 and the start of file 1; tasks 2
+        // and 3 the rest of file 1.
+        let tasks = [
+            task(&[0]),
+            task(&[0, 1]),
+            task(&[1]),
+            task(&[1]),
+            task(&[2]),
+        ];
+        let q = Queue::new(&tasks, 3, true);
+        assert_eq!(q.take(), Some(0));
+        // Not task 2: file 1's start (task 1) waits for file 0.
+        assert_eq!(q.take(), Some(4));
+        q.done(0);
+        assert_eq!(q.take(), Some(1));
+        assert_eq!(
+            q.take(),
+            Some(2),
+            "file 1 is busy, but nothing else is left"
+        );
     }
 
     #[test]

@@ -141,8 +141,8 @@ fn open_sessions(
         &mut control,
         settings.jobs as u32 + u32::from(settings.fetch_wal) + u32::from(info.in_recovery),
     )?;
-    // The reading sessions open while the control session checks and
-    // starts the backup: they are needed only for the listing.
+    // The reading sessions open while the control session runs its checks
+    // (Sessions::ready).
     let sessions = Sessions {
         workers: Vec::new(),
         wal: None,
@@ -338,6 +338,10 @@ fn start(
     delta: Option<&mut Delta>,
 ) -> Result<Started> {
     let (settings, info) = (run.settings, run.info);
+    // Every session is open before the server does anything for the
+    // backup: one that cannot be opened (or a --wire-compression the
+    // server cannot do) is refused before a checkpoint, not after.
+    sessions.ready()?;
     let control = &mut sessions.control;
     let going_on = ", going on without";
     if let Some(name) = temporary_slot(control, run.slot_obstacle.as_deref(), going_on)? {

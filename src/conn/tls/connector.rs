@@ -5,7 +5,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openssl::error::ErrorStack;
 use openssl::pkey::PKey;
@@ -208,11 +209,16 @@ fn private_key_file(key: &Path, kshown: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The connector of the run's [`TlsSettings`], built when a session first
-/// needs it and then shared by every session: building it costs about
-/// 30 ms of CPU (openssl reads and parses the system's root certificates,
-/// even for sslmode=prefer, which checks none), and a backup opens up to
-/// five sessions, side by side.
-pub(in crate::conn) type Built = OnceLock<Result<Connector, String>>;
+/// needs it and then shared by the sessions opened within [`REUSE_FOR`]:
+/// building it costs about 30 ms of CPU (openssl reads and parses the
+/// system's root certificates, even for sslmode=prefer, which checks none),
+/// and a backup opens up to five sessions at once (clones of the ConnSpec
+/// share it). Not for longer, so a
+/// WAL follower that reconnects after days reads the client certificate,
+/// key and revocation lists as they are then.
+pub(in crate::conn) type Built = Arc<Mutex<Option<(Instant, Result<Connector, String>)>>>;
+
+const REUSE_FOR: Duration = Duration::from_secs(60);
 
 /// The run's connector, built on first use.
 pub(in crate::conn) struct Lazy<'a> {
@@ -227,8 +233,18 @@ impl<'a> Lazy<'a> {
 
     /// A fresh copy, with its own "TLS was used" flag.
     pub(in crate::conn) fn get(&self) -> Result<Connector, String> {
-        let built = self.built.get_or_init(|| self.settings.connector());
-        built.as_ref().map(Connector::fresh).map_err(Clone::clone)
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > REUSE_FOR)
+        {
+            *built = Some((Instant::now(), self.settings.connector()));
+        }
+        let (_, connector) = built.as_ref().expect("built above");
+        connector
+            .as_ref()
+            .map(Connector::fresh)
+            .map_err(Clone::clone)
     }
 }
 

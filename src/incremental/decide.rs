@@ -372,41 +372,17 @@ mod tests {
         // A limit past this segment, capped at RELSEG_SIZE: limit 2.5 segments, segment 1
         // of 1 block -> 131072, not 196608.
         t.absorb(rows(16457, Fork::Main, Some(131072 * 2 + 65536), &[]));
-        let f = classify("base/5/16457.1", V).unwrap();
         let p2 = prior(&[("base/5/16457.1", B)]);
-        assert_eq!(
-            file_backup_method(
-                &t,
-                &p2,
-                Rules::Postgres,
-                Geometry::default(),
-                &f,
-                &f.path(V),
-                &f.incremental_path(V),
-                B
-            ),
-            Method::Incremental {
-                blocks: vec![],
-                truncation_block_length: 131072
-            }
-        );
-        // Safe rules leave segments before the limit's segment incremental.
-        assert_eq!(
-            file_backup_method(
-                &t,
-                &p2,
-                Rules::Safe,
-                Geometry::default(),
-                &f,
-                &f.path(V),
-                &f.incremental_path(V),
-                B
-            ),
-            Method::Incremental {
-                blocks: vec![],
-                truncation_block_length: 131072
-            }
-        );
+        // Safe rules leave segments before the limit's segment incremental too.
+        for rules in [Rules::Postgres, Rules::Safe] {
+            assert_eq!(
+                decide(&t, &p2, rules, "base/5/16457.1", B),
+                Method::Incremental {
+                    blocks: vec![],
+                    truncation_block_length: 131072
+                }
+            );
+        }
     }
 
     #[test]

@@ -320,6 +320,20 @@ mod tests {
         }
     }
 
+    /// Timeline 2 from 0/5000000 to 0/6000000, after timeline 1 from
+    /// 0/4000000: the ranges a backup across a switch at 0/5000000 needs.
+    fn two_timelines() -> [RequiredRange; 2] {
+        let range = |tli, start_lsn, end_lsn| RequiredRange {
+            tli,
+            start_lsn,
+            end_lsn,
+        };
+        [
+            range(2, 0x5000000, 0x6000000),
+            range(1, 0x4000000, 0x5000000),
+        ]
+    }
+
     fn row(rel: u32, fork: Fork, block: u32, limit: bool) -> SummaryRow {
         SummaryRow {
             spc: 1663,
@@ -375,18 +389,7 @@ mod tests {
     #[test]
     fn timelines_come_out_oldest_first() {
         let avail = [ws(2, 0x5000000, 0x6000000), ws(1, 0x4000000, 0x5000000)];
-        let need = [
-            RequiredRange {
-                tli: 2,
-                start_lsn: 0x5000000,
-                end_lsn: 0x6000000,
-            },
-            RequiredRange {
-                tli: 1,
-                start_lsn: 0x4000000,
-                end_lsn: 0x5000000,
-            },
-        ];
+        let need = two_timelines();
         assert_eq!(
             choose_summaries(&avail, &need, 0x4000000, 0x6000000).unwrap(),
             vec![avail[1], avail[0]]
@@ -418,18 +421,7 @@ mod tests {
 
     #[test]
     fn summaries_reaching_a_switch_point() {
-        let need = [
-            RequiredRange {
-                tli: 2,
-                start_lsn: 0x5000000,
-                end_lsn: 0x6000000,
-            },
-            RequiredRange {
-                tli: 1,
-                start_lsn: 0x4000000,
-                end_lsn: 0x5000000,
-            },
-        ];
+        let need = two_timelines();
         assert!(reaches_switch_point(&ws(1, 0x4800000, 0x5000000), &need));
         assert!(!reaches_switch_point(&ws(1, 0x4000000, 0x4800000), &need));
         // The newest timeline has no switch point.

@@ -72,6 +72,20 @@ fn summarizing(major: u32) -> Cluster {
         .start()
 }
 
+/// The source of a chain: a summarizing server of `major` with pgbench's
+/// tables and [`SETUP`]'s, and the path of table `cold`; None when this run
+/// has no `major`.
+fn chain_source(major: u32) -> Option<(Cluster, String)> {
+    if !covers(major) {
+        return None;
+    }
+    let src = summarizing(major);
+    src.pgbench_init(2);
+    src.psql(SETUP);
+    let cold = src.psql("SELECT pg_relation_filepath('cold')");
+    Some((src, cold))
+}
+
 /// The tool: `-x -c fast [--incremental PRIOR] EXTRA... DSN DEST`.
 fn our_backup(src: &Cluster, dest: &Path, prior: Option<&Path>, extra: &[&str]) -> Output {
     let mut cmd = common::tool();
@@ -287,13 +301,9 @@ fn assert_chain_restores(src: &Cluster, chain: &[&Taken], scratch: &Path) {
 
 /// Full, incremental, incremental, all with this tool, under writes.
 fn chain_restores(major: u32, format: Format, jobs: &str) {
-    if !covers(major) {
+    let Some((src, cold)) = chain_source(major) else {
         return;
-    }
-    let src = summarizing(major);
-    src.pgbench_init(2);
-    src.psql(SETUP);
-    let cold = src.psql("SELECT pg_relation_filepath('cold')");
+    };
     let scratch = scratch_dir();
     let s = scratch.path();
 
@@ -320,13 +330,9 @@ fn chain_restores(major: u32, format: Format, jobs: &str) {
 /// own incrementals restore stale visibility-map bits, see
 /// [`assert_visibility_map_agrees`]).
 fn mixed_chain_restores(major: u32) {
-    if !covers(major) {
+    let Some((src, cold)) = chain_source(major) else {
         return;
-    }
-    let src = summarizing(major);
-    src.pgbench_init(2);
-    src.psql(SETUP);
-    let cold = src.psql("SELECT pg_relation_filepath('cold')");
+    };
     let scratch = scratch_dir();
     let s = scratch.path();
 

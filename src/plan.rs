@@ -130,6 +130,15 @@ impl Task {
     pub fn bytes(&self) -> u64 {
         self.pieces.iter().map(|p| p.len).sum()
     }
+
+    /// The first piece of each file the task holds (a file's pieces in a
+    /// task are consecutive).
+    pub fn file_starts(&self) -> impl Iterator<Item = &Piece> {
+        let pieces = &self.pieces;
+        (0..pieces.len())
+            .filter(move |&n| n == 0 || pieces[n - 1].file != pieces[n].file)
+            .map(move |n| &pieces[n])
+    }
 }
 
 /// Everything the copy needs, decided before the first byte is read.

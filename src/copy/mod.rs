@@ -145,15 +145,13 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         if shared.abort.is_set() {
             break;
         }
-        for (n, p) in task.pieces.iter().enumerate() {
-            // The pieces of one file in a task are consecutive: its first
-            // one decides whether the checksum window has room.
-            if n == 0 || task.pieces[n - 1].file != p.file {
-                shared
-                    .job
-                    .integrity
-                    .wait_turn(p.file, p.offset, shared.abort);
-            }
+        // A file's first piece in the task decides whether its checksum
+        // window has room.
+        for p in task.file_starts() {
+            shared
+                .job
+                .integrity
+                .wait_turn(p.file, p.offset, shared.abort);
         }
         let task = match shared.job.delta {
             Some(d) => d.to_fetch(

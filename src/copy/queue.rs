@@ -100,13 +100,9 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// The files a task writes, once each (a file's pieces in a task are
-/// consecutive).
+/// The files a task writes, once each.
 fn files_of(task: &Task) -> impl Iterator<Item = usize> + '_ {
-    let pieces = &task.pieces;
-    (0..pieces.len())
-        .filter(move |&n| n == 0 || pieces[n - 1].file != pieces[n].file)
-        .map(move |n| pieces[n].file)
+    task.file_starts().map(|p| p.file)
 }
 
 #[cfg(test)]

@@ -213,9 +213,8 @@ fn private_key_file(key: &Path, kshown: &str) -> Result<Vec<u8>, String> {
 /// building it costs about 30 ms of CPU (openssl reads and parses the
 /// system's root certificates, even for sslmode=prefer, which checks none),
 /// and a backup opens up to five sessions at once (clones of the ConnSpec
-/// share it). Not for longer, so a
-/// WAL follower that reconnects after days reads the client certificate,
-/// key and revocation lists as they are then.
+/// share it). Not for longer, so a WAL follower that reconnects after days
+/// reads the client certificate, key and revocation lists as they are then.
 pub(in crate::conn) type Built = Arc<Mutex<Option<(Instant, Result<Connector, String>)>>>;
 
 const REUSE_FOR: Duration = Duration::from_secs(60);

@@ -23,7 +23,7 @@ use crate::odd_names;
 use crate::output::dest::Dest;
 use crate::plan;
 use crate::progress::Progress;
-use crate::run::{Sessions, WORKER_NAME, open_control, open_reader, open_readers, plan_copy};
+use crate::run::{Sessions, WORKER_NAME, open_control, open_reader, plan_copy};
 use crate::session::reader::ReadOptions;
 use crate::session::server;
 
@@ -34,12 +34,7 @@ pub fn auxiliary_copy(
     abort: &Abort,
 ) -> Result<()> {
     let (control, info) = open_control(spec)?;
-    let mut sessions = Sessions {
-        workers: open_readers(spec, reading, &vec![WORKER_NAME; settings.jobs])?,
-        wal: None,
-        opening: None,
-        control,
-    };
+    let mut sessions = Sessions::open(control, spec, reading, settings.jobs, false);
     let queries = sessions.queries()?.client();
     server::check_privileges(queries, &info, false)?;
     let tablespaces = server::tablespaces(queries)?;

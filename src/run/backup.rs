@@ -46,7 +46,7 @@ use crate::progress::{Progress, Summary};
 use crate::run::incremental::{self, Prior};
 use crate::run::tablespaces;
 use crate::run::{
-    Opening, Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, plan_copy,
+    Sessions, WAL_NAME, WATCH_NAME, WORKER_NAME, open_control, open_reader, plan_copy,
     temporary_slot,
 };
 use crate::session::reader::ReadOptions;
@@ -143,17 +143,7 @@ fn open_sessions(
     )?;
     // The reading sessions open while the control session runs its checks
     // (Sessions::ready).
-    let sessions = Sessions {
-        workers: Vec::new(),
-        wal: None,
-        opening: Some(Opening::start(
-            spec,
-            reading,
-            settings.jobs,
-            settings.fetch_wal,
-        )),
-        control,
-    };
+    let sessions = Sessions::open(control, spec, reading, settings.jobs, settings.fetch_wal);
     Ok((sessions, info))
 }
 

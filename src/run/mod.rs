@@ -143,6 +143,23 @@ impl Opening {
 }
 
 impl Sessions {
+    /// The control session, and `jobs` worker sessions (and the WAL
+    /// follower's if `wal`) being opened in the background.
+    fn open(
+        control: Client,
+        spec: &ConnSpec,
+        reading: &Arc<ReadOptions>,
+        jobs: usize,
+        wal: bool,
+    ) -> Sessions {
+        Sessions {
+            workers: Vec::new(),
+            wal: None,
+            opening: Some(Opening::start(spec, reading, jobs, wal)),
+            control,
+        }
+    }
+
     /// Wait until the reading sessions are open.
     fn ready(&mut self) -> Result<()> {
         if let Some(opening) = self.opening.take() {

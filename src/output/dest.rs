@@ -163,6 +163,9 @@ pub struct Dest {
     file_mode: u32,
     /// Tablespace directories outside root that we filled.
     tablespace_roots: Vec<PathBuf>,
+    /// Whether each write is sent on to the disk at once
+    /// ([`fsx::start_writeback`]): when the copy is synced at the end.
+    early_writeback: bool,
 }
 
 impl Dest {
@@ -192,6 +195,7 @@ impl Dest {
             dir_mode,
             file_mode: fsx::file_mode_for(dir_mode),
             tablespace_roots: Vec::new(),
+            early_writeback: false,
         })
     }
 
@@ -214,6 +218,7 @@ impl Dest {
                 dir_mode,
                 file_mode: 0,
                 tablespace_roots: Vec::new(),
+                early_writeback: false,
             }
         } else {
             Dest::prepare(root, dir_mode)?
@@ -221,6 +226,13 @@ impl Dest {
         dest.owns_contents = false;
         dest.file_mode = fsx::file_mode_for(dir_mode);
         Ok(dest)
+    }
+
+    /// Send what is written on to the disk as it is written, for a copy
+    /// that is synced at the end (not with -N): see [`fsx::start_writeback`].
+    pub fn with_early_writeback(mut self, on: bool) -> Dest {
+        self.early_writeback = on;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -307,9 +319,14 @@ impl Dest {
             *open = Some((rel.to_string(), self.open(rel)?));
         }
         let (_, f) = open.as_ref().expect("opened above");
-        f.write_all_at(data, offset).exit_with(Exit::Dest, || {
-            format!("cannot write {}", self.path(rel).display())
-        })?;
+        f.write_all_at(data, offset)
+            .and_then(|()| match self.early_writeback {
+                true => fsx::start_writeback(f, offset, data.len() as u64),
+                false => Ok(()),
+            })
+            .exit_with(Exit::Dest, || {
+                format!("cannot write {}", self.path(rel).display())
+            })?;
         if let Some(len) = final_len {
             // Only ever extend: another worker may already have written the
             // tail of a file that is still being copied.

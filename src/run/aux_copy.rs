@@ -41,7 +41,8 @@ pub fn auxiliary_copy(
     let mut plan = plan_copy(queries, &info, &tablespaces, settings, Exit::Usage)?;
     // Here pg_control is an ordinary file: the caller decides the order.
     plan.tasks = plan::chunk(&plan.files, None, settings.chunk_size);
-    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?
+        .with_early_writeback(settings.sync);
     dest.create_dirs(
         plan.files
             .iter()

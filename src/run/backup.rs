@@ -242,12 +242,16 @@ fn open_output(
         ),
         // A refresh keeps DEST as it is, also when it fails (it resumes).
         (None, Some(earlier)) => {
-            let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+            let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?
+                .with_early_writeback(settings.sync);
             let delta = Delta::begin(earlier, &dest, info, sessions.queries()?.client())?;
             (Box::new(dest), Some(delta))
         }
         (None, None) => (
-            Box::new(Dest::prepare(&settings.dest, info.data_directory_mode)?),
+            Box::new(
+                Dest::prepare(&settings.dest, info.data_directory_mode)?
+                    .with_early_writeback(settings.sync),
+            ),
             None,
         ),
     })

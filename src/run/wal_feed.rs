@@ -34,7 +34,8 @@ pub fn follow_wal(
     let (mut control, info) = open_control(spec)?;
     let mut reader = open_reader(spec, reading, WAL_NAME)?;
     server::check_privileges(reader.client(), &info, false)?;
-    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?;
+    let dest = Dest::open_shared(&settings.dest, info.data_directory_mode)?
+        .with_early_writeback(settings.sync);
     dest.create_dirs(plan::required_empty_dirs(info.major()))?;
     let timeline = server::current_timeline(reader.client())?;
     let start_lsn = start_position(&dest, &info, timeline, &mut reader)?;

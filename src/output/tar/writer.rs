@@ -54,32 +54,34 @@ use tar::EntryType;
 use super::compress::{self, Assembler, Segment, TarCompression};
 use super::entries::{checked_path, end_of_archive, header, pad, write_piece, write_tar};
 use super::task::{Body, Done, TaskParts, continued_pieces};
+use crate::fsx;
 #[cfg(test)]
 use crate::plan::Task;
 use crate::plan::{FileEntry, Piece};
 
-/// Where the archive goes: a file is fsynced by `finish`.
+/// Where the archive goes: a file is fsynced by `finish`, and what is
+/// written to it goes on to the disk at once ([`fsx::start_writeback`]).
 enum Out {
-    File(File),
+    /// The file and how many bytes of it are written.
+    File(File, u64),
     Stream(Box<dyn Write + Send>),
 }
 
 impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Out::File(f) => f.write(buf),
+            Out::File(f, written) => {
+                let n = f.write(buf)?;
+                fsx::start_writeback(f, *written, n as u64)?;
+                *written += n as u64;
+                Ok(n)
+            }
             Out::Stream(w) => w.write(buf),
-        }
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Out::File(f) => f.write_all(buf),
-            Out::Stream(w) => w.write_all(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Out::File(f) => f.flush(),
+            Out::File(f, _) => f.flush(),
             Out::Stream(w) => w.flush(),
         }
     }
@@ -204,7 +206,7 @@ impl TarWriter {
 
     /// An archive written to a file, fsynced by `finish`.
     pub fn to_file(file: File, compression: TarCompression, window: usize) -> Result<TarWriter> {
-        Self::with_out(Out::File(file), compression, window)
+        Self::with_out(Out::File(file, 0), compression, window)
     }
 
     fn with_out(out: Out, compression: TarCompression, window: usize) -> Result<TarWriter> {
@@ -659,7 +661,7 @@ impl TarWriter {
         let written = e.written;
         e.assembler.finish(&mut e.out)?;
         match e.out.into_inner().map_err(|e| e.into_error())? {
-            Out::File(f) => f.sync_all().context("cannot fsync the tar file")?,
+            Out::File(f, _) => f.sync_all().context("cannot fsync the tar file")?,
             Out::Stream(mut w) => w.flush()?,
         }
         Ok(written)

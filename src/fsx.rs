@@ -62,12 +62,45 @@ pub fn sync_file_system(dir: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// How many bytes written in one run go to the disk together: PostgreSQL's
+/// checkpoint_flush_after. Asking for each 8 kB block of an incremental
+/// backup on its own cost more CPU than the overlap saved (its wall time
+/// went from 0.38 to 0.51 s).
+pub const WRITEBACK_AFTER: u64 = 256 << 10;
+
+/// The bytes written to a file, in one run, that the disk has not been
+/// asked for yet ([`start_writeback`]). What is left when the file is done
+/// (a small file, a file's tail, scattered writes) waits for the final sync.
+#[derive(Debug, Default)]
+pub struct Unflushed(std::ops::Range<u64>);
+
+impl Unflushed {
+    /// `len` bytes were written at `offset` of `file`: start their
+    /// writeback once the run they extend holds [`WRITEBACK_AFTER`] bytes.
+    pub fn wrote(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if self.0.end != offset {
+            self.0 = offset..offset;
+        }
+        self.0.end += len;
+        if self.0.end - self.0.start >= WRITEBACK_AFTER {
+            start_writeback(file, self.0.start, self.0.end - self.0.start)?;
+            self.0.start = self.0.end;
+        }
+        Ok(())
+    }
+
+    /// [`Unflushed::wrote`] for a file written from its start, in order.
+    pub fn appended(&mut self, file: &File, len: u64) -> io::Result<()> {
+        self.wrote(file, self.0.end, len)
+    }
+}
+
 /// Start writing `len` bytes at `offset` of `file` to disk, without waiting
 /// for them (sync_file_range with SYNC_FILE_RANGE_WRITE, as PostgreSQL's
-/// checkpointer does every 256 kB: checkpoint_flush_after). The disk then
-/// works while the copy goes on, and the sync at the end finds little left:
-/// a 1.5 GB copy otherwise waited half a second in syncfs after the last
-/// byte. An error is one of writing (EIO, ENOSPC).
+/// checkpointer does: checkpoint_flush_after). The disk then works while the
+/// copy goes on, and the sync at the end finds little left: a 1.5 GB copy
+/// otherwise waited half a second in syncfs after the last byte. An error is
+/// one of writing (EIO, ENOSPC).
 pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
     // SAFETY: sync_file_range takes a valid open file descriptor, which
@@ -95,6 +128,24 @@ mod tests {
         let fd: std::os::fd::OwnedFd = socket.into();
         let err = start_writeback(&File::from(fd), 0, 1).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESPIPE));
+    }
+
+    #[test]
+    fn writeback_waits_for_a_run_of_256_kb() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = File::create(tmp.path().join("f")).unwrap();
+        let kb = |n: u64| n << 10;
+        let mut u = Unflushed::default();
+        u.wrote(&file, 0, kb(100)).unwrap();
+        assert_eq!(u.0, 0..kb(100));
+        u.wrote(&file, kb(100), kb(200)).unwrap();
+        assert_eq!(u.0, kb(300)..kb(300), "300 kB in one run: asked for");
+        // A write elsewhere starts a new run; the old remainder is left to
+        // the final sync.
+        u.wrote(&file, kb(500), kb(8)).unwrap();
+        assert_eq!(u.0, kb(500)..kb(508));
+        u.appended(&file, kb(8)).unwrap();
+        assert_eq!(u.0, kb(500)..kb(516));
     }
 
     #[test]

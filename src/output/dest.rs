@@ -150,6 +150,13 @@ fn is_tablespace_dir(dir: &Path) -> bool {
     })
 }
 
+/// A file of the copy kept open from one [`Dest::write_at`] to the next.
+pub struct OpenFile {
+    rel: String,
+    file: File,
+    unflushed: fsx::Unflushed,
+}
+
 /// The root of a copy in progress.
 pub struct Dest {
     root: PathBuf,
@@ -163,8 +170,8 @@ pub struct Dest {
     file_mode: u32,
     /// Tablespace directories outside root that we filled.
     tablespace_roots: Vec<PathBuf>,
-    /// Whether each write is sent on to the disk at once
-    /// ([`fsx::start_writeback`]): when the copy is synced at the end.
+    /// Whether what is written is sent on to the disk as it is written
+    /// ([`fsx::Unflushed`]): when the copy is synced at the end.
     early_writeback: bool,
 }
 
@@ -309,19 +316,24 @@ impl Dest {
     /// tenth of the write.
     pub fn write_at(
         &self,
-        open: &mut Option<(String, File)>,
+        open: &mut Option<OpenFile>,
         rel: &str,
         offset: u64,
         data: &[u8],
         final_len: Option<u64>,
     ) -> Result<()> {
-        if open.as_ref().is_none_or(|(path, _)| path != rel) {
-            *open = Some((rel.to_string(), self.open(rel)?));
+        if open.as_ref().is_none_or(|o| o.rel != rel) {
+            *open = Some(OpenFile {
+                rel: rel.to_string(),
+                file: self.open(rel)?,
+                unflushed: fsx::Unflushed::default(),
+            });
         }
-        let (_, f) = open.as_ref().expect("opened above");
+        let o = open.as_mut().expect("opened above");
+        let f = &o.file;
         f.write_all_at(data, offset)
             .and_then(|()| match self.early_writeback {
-                true => fsx::start_writeback(f, offset, data.len() as u64),
+                true => o.unflushed.wrote(f, offset, data.len() as u64),
                 false => Ok(()),
             })
             .exit_with(Exit::Dest, || {

@@ -28,7 +28,7 @@ pub struct Scratch {
     pub tar: Vec<TaskParts>,
     /// The file the last piece went to, kept open for the next piece of it
     /// (plain output), and closed when the worker ends.
-    pub open: Option<(String, std::fs::File)>,
+    pub open: Option<dest::OpenFile>,
 }
 
 /// Where the workers put what they read.

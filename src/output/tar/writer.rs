@@ -60,20 +60,18 @@ use crate::plan::Task;
 use crate::plan::{FileEntry, Piece};
 
 /// Where the archive goes: a file is fsynced by `finish`, and what is
-/// written to it goes on to the disk at once ([`fsx::start_writeback`]).
+/// written to it goes on to the disk as it is written ([`fsx::Unflushed`]).
 enum Out {
-    /// The file and how many bytes of it are written.
-    File(File, u64),
+    File(File, fsx::Unflushed),
     Stream(Box<dyn Write + Send>),
 }
 
 impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Out::File(f, written) => {
+            Out::File(f, unflushed) => {
                 let n = f.write(buf)?;
-                fsx::start_writeback(f, *written, n as u64)?;
-                *written += n as u64;
+                unflushed.appended(f, n as u64)?;
                 Ok(n)
             }
             Out::Stream(w) => w.write(buf),
@@ -206,7 +204,11 @@ impl TarWriter {
 
     /// An archive written to a file, fsynced by `finish`.
     pub fn to_file(file: File, compression: TarCompression, window: usize) -> Result<TarWriter> {
-        Self::with_out(Out::File(file, 0), compression, window)
+        Self::with_out(
+            Out::File(file, fsx::Unflushed::default()),
+            compression,
+            window,
+        )
     }
 
     fn with_out(out: Out, compression: TarCompression, window: usize) -> Result<TarWriter> {

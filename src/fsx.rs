@@ -101,7 +101,7 @@ impl Unflushed {
 /// copy goes on, and the sync at the end finds little left: a 1.5 GB copy
 /// otherwise waited half a second in syncfs after the last byte. An error is
 /// one of writing (EIO, ENOSPC).
-pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (offset, len) = (offset as libc::off64_t, len as libc::off64_t);
     // SAFETY: sync_file_range takes a valid open file descriptor, which
     // `file` owns; it reads no memory of ours.

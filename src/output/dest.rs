@@ -236,7 +236,7 @@ impl Dest {
     }
 
     /// Send what is written on to the disk as it is written, for a copy
-    /// that is synced at the end (not with -N): see [`fsx::start_writeback`].
+    /// that is synced at the end (not with -N): see [`fsx::Unflushed`].
     pub fn with_early_writeback(mut self, on: bool) -> Dest {
         self.early_writeback = on;
         self

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 
 #[derive(Clone)]
+#[cfg_attr(test, derive(Default))]
 pub struct Abort {
     failed: Arc<AtomicBool>,
     /// `terminate` on the WAL follower's standard input.

@@ -8,15 +8,18 @@
 //! with one session and its prepared read statement; bytes go from the
 //! protocol buffer to `pwrite` without another copy. Where they go is a
 //! [`Sink`]: DEST itself, or the tar output, which needs the tasks in order
-//! and so gets to hold a fetch back until its turn.
+//! and so gets to hold a fetch back until its turn. When the server runs on
+//! this host, workers beyond its CPUs stand by while reads are quick
+//! ([`active`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::Result;
-use log::debug;
+use log::{debug, info};
 
 use crate::abort::Abort;
 use crate::delta::Delta;
@@ -28,8 +31,10 @@ use crate::progress::Progress;
 use crate::session::reader::Reader;
 use crate::session::retry::{Reconnect, replace_lost_session};
 
+mod active;
 mod queue;
 
+use active::ActiveWorkers;
 use queue::Queue;
 
 /// What the copy did, for the summary and for the steps after it.
@@ -47,6 +52,7 @@ pub struct CopyOutcome {
 struct Shared<'a> {
     job: &'a Job<'a>,
     queue: Queue<'a>,
+    active: ActiveWorkers,
     bytes: AtomicU64,
     vanished: Mutex<BTreeSet<usize>>,
     first_error: Mutex<Option<anyhow::Error>>,
@@ -80,6 +86,7 @@ pub fn copy_files(
             job.plan.files.len(),
             job.sink.takes_tasks_in_any_order(),
         ),
+        active: active_workers(&readers, job.plan),
         bytes: AtomicU64::new(0),
         vanished: Mutex::default(),
         first_error: Mutex::default(),
@@ -92,7 +99,7 @@ pub fn copy_files(
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{}", i + 1))
                 .spawn_scoped(s, move || {
-                    if let Err(e) = worker(&mut reader, shared, reconnect) {
+                    if let Err(e) = worker(i, &mut reader, shared, reconnect) {
                         shared.abort.fail();
                         shared.first_error.lock().unwrap().get_or_insert(e);
                     }
@@ -125,11 +132,28 @@ pub fn copy_files(
     Ok((outcome, returned))
 }
 
+/// Which workers read: all of them, unless the server shares this host's
+/// CPUs (see [`active`]).
+fn active_workers(readers: &[Reader], plan: &Plan) -> ActiveWorkers {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let local = !readers.is_empty() && readers.iter().all(Reader::shares_host);
+    let limit = if local { cpus } else { readers.len() };
+    if limit < readers.len() {
+        info!(
+            "the server runs on this host's {cpus} CPUs: {limit} of the {} sessions read \
+             while reads are quick, more if they wait on disks",
+            readers.len()
+        );
+    }
+    let biggest_task = plan.tasks.iter().map(Task::bytes).max().unwrap_or(0);
+    ActiveWorkers::new(readers.len(), limit, biggest_task)
+}
+
 /// One worker: take tasks from the queue until it is empty, read each and
 /// hand its rows to the sink as they arrive. The server keeps sending while
 /// a row is written (the socket buffers what we have not read yet), so one
 /// thread keeps both sides busy, and a worker holds one row, not a task.
-fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
+fn worker(index: usize, reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<()> {
     let files = &shared.job.plan.files;
     let mut suspects = Vec::new();
     let mut scratch = Scratch::default();
@@ -137,9 +161,14 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
         if shared.abort.is_set() {
             break;
         }
+        if !shared.active.wait_until_active(index, shared.abort) {
+            break;
+        }
         let Some(i) = shared.queue.take() else {
+            shared.active.drained();
             break;
         };
+        let started = Instant::now();
         let task = &shared.job.plan.tasks[i];
         shared.job.sink.wait_turn(i, shared.abort);
         if shared.abort.is_set() {
@@ -176,6 +205,7 @@ fn worker(reader: &mut Reader, shared: &Shared, reconnect: Reconnect) -> Result<
             )?;
         }
         shared.queue.done(i);
+        shared.active.task_took(started.elapsed());
     }
     recheck(reader, shared, suspects)
 }

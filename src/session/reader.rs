@@ -103,6 +103,9 @@ pub struct Reader {
     client: Client,
     statement: Statement,
     compressed: bool,
+    /// The session comes over a unix socket or loopback: its backend runs
+    /// on this host's CPUs.
+    shares_host: bool,
     options: Arc<ReadOptions>,
     /// Inflated bytes of the current row, reused across rows.
     inflated: Vec<u8>,
@@ -111,6 +114,7 @@ pub struct Reader {
 impl Reader {
     pub fn new(mut client: Client, options: Arc<ReadOptions>) -> Result<Reader> {
         disable_timeouts(&mut client)?;
+        let shares_host = is_local_link(&mut client)?;
         let compressed = match options.compression {
             WireCompression::None => false,
             WireCompression::Zlib => match zlib_obstacle(&mut client)? {
@@ -120,9 +124,7 @@ impl Reader {
                 ),
                 None => true,
             },
-            WireCompression::Auto => {
-                zlib_obstacle(&mut client)?.is_none() && !is_local_link(&mut client)?
-            }
+            WireCompression::Auto => !shares_host && zlib_obstacle(&mut client)?.is_none(),
         };
         if compressed {
             debug!("SQL: {}", sql::CREATE_ZLIB_FUNCTION);
@@ -143,6 +145,7 @@ impl Reader {
             client,
             statement,
             compressed,
+            shares_host,
             options,
             inflated: Vec::new(),
         })
@@ -151,6 +154,11 @@ impl Reader {
     /// Whether this session compresses on the server.
     pub fn compressed(&self) -> bool {
         self.compressed
+    }
+
+    /// Whether the server runs on this host (a unix socket or loopback).
+    pub fn shares_host(&self) -> bool {
+        self.shares_host
     }
 
     /// Read `ranges` in one request; `sink(i, bytes)` is called for each

@@ -92,6 +92,55 @@ fn backup_with_four_jobs_restores_under_writes_and_shows_progress() {
         .find(|l| l.starts_with("pg_basebackup: progress: "))
         .unwrap_or_else(|| panic!("-P prints progress lines:\n{stderr}"));
     assert!(last.contains("(100%)") && last.contains("; WAL "), "{last}");
+    // The server runs on this host: no more workers read than it has CPUs.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        stderr.contains(&format!(
+            "{cpus} of the 4 sessions read while reads are quick"
+        )),
+        cpus < 4,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn standing_by_workers_join_when_reads_are_slow() {
+    // With the server on this host, only as many workers read as there are
+    // CPUs; a task that takes long (here: the rate limit) lets the others in.
+    let src = Cluster::start(VERSION);
+    src.psql("CREATE TABLE t AS SELECT generate_series(1, 200000) AS i");
+    let scratch = scratch_dir();
+    let dest = scratch.path().join("copy");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let jobs = (cpus + 2).to_string();
+    let out = run(&[
+        "-r",
+        "16M",
+        "--chunk-size",
+        "2M",
+        "-j",
+        &jobs,
+        "-x",
+        "-c",
+        "fast",
+        "-d",
+        &src.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{cpus} of the {jobs} sessions read while reads are quick"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("ms: {} sessions read now", cpus + 1)),
+        "a slow task lets one more worker read:\n{stderr}"
+    );
+    let copy = Cluster::start_on_copy(&dest, VERSION);
+    assert_eq!(copy.psql("SELECT sum(i) FROM t"), "20000100000");
 }
 
 #[test]

@@ -7,13 +7,15 @@
 //! cores, -j 4 took up to 15% longer than -j 2 (`bench/run --jobs 2,4`;
 //! -F t -Z zstd 10% longer in an A/B), with more CPU for the same bytes.
 //! So there only the first workers, as many as CPUs, read as long as reads
-//! are quick; the others stand by. A task that takes longer than a read
-//! from memory could (`slow`) shows that the readers wait
-//! on something other than the CPUs (a cold cache on slow disks, a slow
-//! link, a rate limit): then one more worker reads, up to -j, and the
-//! extra sessions bring the concurrency they were asked for. The same
-//! workers go on reading rather than taking turns: their backends' memory
-//! stays warm (handing turns round in order measured 4% slower).
+//! are quick; the others stand by. Tasks that take longer than a read from
+//! memory could ([`SLOW_TASKS_TO_GROW`] in a row, each slower than a reader
+//! at [`SLOW_READER_BYTES_PER_SEC`]) show that the readers wait on
+//! something other than the CPUs (a cold cache on slow disks, a slow link):
+//! then one more worker reads, up to -j, and the extra sessions bring the
+//! concurrency they were asked for. (Under `--max-rate` the limit grows
+//! too, which costs nothing: all sessions share one rate.) The same workers
+//! go on reading rather than taking turns: their backends' memory stays
+//! warm (handing turns round in order measured 4% slower).
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -22,9 +24,13 @@ use log::debug;
 
 use crate::abort::Abort;
 
-/// The pace under which a reader waits on disks, a link or a rate limit, not
-/// on the CPUs: a warm cache serves one reader 300-700 MB/s here.
+/// The pace under which a reader waits on disks or a link, not on the
+/// CPUs: a warm cache serves one reader 300-700 MB/s here.
 const SLOW_READER_BYTES_PER_SEC: u64 = 80 << 20;
+
+/// Slow tasks in a row (of any workers) that let one more worker read: one
+/// alone may be a hiccup (a checkpoint's writes, a reconnect).
+const SLOW_TASKS_TO_GROW: u32 = 3;
 
 /// How often a standing-by worker looks at the abort flag.
 const ABORT_POLL: Duration = Duration::from_millis(100);
@@ -41,8 +47,10 @@ pub struct ActiveWorkers {
 struct State {
     /// Workers 0..limit read.
     limit: usize,
-    /// No task is left to take: the standing-by workers may end.
-    drained: bool,
+    /// Slow tasks since the last quick one or the last growth.
+    slow_in_a_row: u32,
+    /// Every task is taken: the standing-by workers may end.
+    all_taken: bool,
 }
 
 impl ActiveWorkers {
@@ -58,7 +66,8 @@ impl ActiveWorkers {
         ActiveWorkers {
             state: Mutex::new(State {
                 limit: limit.clamp(1, workers.max(1)),
-                drained: false,
+                slow_in_a_row: 0,
+                all_taken: false,
             }),
             changed: Condvar::new(),
             slow,
@@ -71,7 +80,7 @@ impl ActiveWorkers {
     pub fn wait_until_active(&self, worker: usize, abort: &Abort) -> bool {
         let mut state = self.state.lock().unwrap();
         while worker >= state.limit {
-            if state.drained || abort.is_set() {
+            if state.all_taken || abort.is_set() {
                 return false;
             }
             state = self.changed.wait_timeout(state, ABORT_POLL).unwrap().0;
@@ -79,18 +88,21 @@ impl ActiveWorkers {
         true
     }
 
-    /// A reading worker read a task in `took`: a slow one lets the next
-    /// worker in.
+    /// A reading worker read a task in `took`: enough slow ones in a row
+    /// let the next worker in.
     pub fn task_took(&self, took: Duration) {
+        let mut state = self.state.lock().unwrap();
         if took <= self.slow {
+            state.slow_in_a_row = 0;
             return;
         }
-        let mut state = self.state.lock().unwrap();
-        if state.limit < self.workers {
+        state.slow_in_a_row += 1;
+        if state.slow_in_a_row >= SLOW_TASKS_TO_GROW && state.limit < self.workers {
+            state.slow_in_a_row = 0;
             state.limit += 1;
             debug!(
-                "a task took {} ms: {} sessions read now",
-                took.as_millis(),
+                "{SLOW_TASKS_TO_GROW} tasks in a row took over {} ms: {} sessions read now",
+                self.slow.as_millis(),
                 state.limit
             );
             self.changed.notify_all();
@@ -98,8 +110,8 @@ impl ActiveWorkers {
     }
 
     /// Every task is taken: the standing-by workers end.
-    pub fn drained(&self) {
-        self.state.lock().unwrap().drained = true;
+    pub fn all_taken(&self) {
+        self.state.lock().unwrap().all_taken = true;
         self.changed.notify_all();
     }
 }
@@ -118,27 +130,35 @@ mod tests {
             let third = s.spawn(|| active.wait_until_active(2, &abort));
             std::thread::sleep(Duration::from_millis(100));
             assert!(!third.is_finished());
-            active.task_took(Duration::from_millis(10));
+            for _ in 0..10 {
+                active.task_took(Duration::from_millis(10));
+            }
             std::thread::sleep(Duration::from_millis(100));
-            assert!(!third.is_finished(), "a quick task let it in");
-            active.drained();
+            assert!(!third.is_finished(), "quick tasks let it in");
+            active.all_taken();
             assert!(!third.join().unwrap());
         });
     }
 
     #[test]
-    fn a_slow_task_lets_the_next_worker_read() {
+    fn slow_tasks_in_a_row_let_the_next_worker_read() {
         let active = ActiveWorkers::with_slow_task(3, 1, Duration::from_millis(50));
         let abort = Abort::default();
+        let slow = Duration::from_millis(51);
         std::thread::scope(|s| {
             let second = s.spawn(|| active.wait_until_active(1, &abort));
+            // A quick task in between starts the count again.
+            for took in [slow, slow, Duration::from_millis(10), slow, slow] {
+                active.task_took(took);
+            }
             std::thread::sleep(Duration::from_millis(100));
             assert!(!second.is_finished());
-            active.task_took(Duration::from_millis(51));
+            active.task_took(slow);
             assert!(second.join().unwrap());
         });
-        active.task_took(Duration::from_secs(1));
-        active.task_took(Duration::from_secs(1));
+        for _ in 0..10 {
+            active.task_took(slow);
+        }
         // Never past the number of workers.
         assert_eq!(active.state.lock().unwrap().limit, 3);
     }

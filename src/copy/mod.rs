@@ -99,6 +99,7 @@ pub fn copy_files(
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{}", i + 1))
                 .spawn_scoped(s, move || {
+                    let _panic_stops_all = AbortOnPanic(shared.abort);
                     if let Err(e) = worker(i, &mut reader, shared, reconnect) {
                         shared.abort.fail();
                         shared.first_error.lock().unwrap().get_or_insert(e);
@@ -132,6 +133,18 @@ pub fn copy_files(
     Ok((outcome, returned))
 }
 
+/// Sets the abort flag when its worker panics: the other workers then stop
+/// instead of waiting for tasks that will never be done.
+struct AbortOnPanic<'a>(&'a Abort);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
+    }
+}
+
 /// Which workers read: all of them, unless the server shares this host's
 /// CPUs (see [`active`]).
 fn active_workers(readers: &[Reader], plan: &Plan) -> ActiveWorkers {
@@ -140,8 +153,9 @@ fn active_workers(readers: &[Reader], plan: &Plan) -> ActiveWorkers {
     let limit = if local { cpus } else { readers.len() };
     if limit < readers.len() {
         info!(
-            "the server runs on this host's {cpus} CPUs: {limit} of the {} sessions read \
+            "the server runs on this host ({cpus} CPU{}): {limit} of the {} sessions read \
              while reads are quick, more if they wait on disks",
+            if cpus == 1 { "" } else { "s" },
             readers.len()
         );
     }
@@ -165,10 +179,9 @@ fn worker(index: usize, reader: &mut Reader, shared: &Shared, reconnect: Reconne
             break;
         }
         let Some(i) = shared.queue.take() else {
-            shared.active.drained();
+            shared.active.all_taken();
             break;
         };
-        let started = Instant::now();
         let task = &shared.job.plan.tasks[i];
         shared.job.sink.wait_turn(i, shared.abort);
         if shared.abort.is_set() {
@@ -182,6 +195,8 @@ fn worker(index: usize, reader: &mut Reader, shared: &Shared, reconnect: Reconne
                 .integrity
                 .wait_turn(p.file, p.offset, shared.abort);
         }
+        // How long the reading takes, not the waits for the turns above.
+        let started = Instant::now();
         let task = match shared.job.delta {
             Some(d) => d.to_fetch(
                 reader,
